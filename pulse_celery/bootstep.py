@@ -1,0 +1,385 @@
+"""The worker step: a Pulse connection of its own, driven by the Celery worker's event loop.
+
+The step lives in the consumer blueprint (``app.steps['consumer']``), so Celery restarts it
+with its own consumer: on such a restart the Pulse connection is closed, which returns to
+Pulse every delivery whose task Celery forgot. On warm shutdown the Pulse consumers are
+cancelled first and the connection stays open until the pool has finished, so the acks of
+finishing tasks still reach Pulse; then it is closed.
+
+Pulse trouble stays on the Pulse side: connection errors are logged and the connection is
+re-established with backoff, while Celery's own consumer goes on untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from functools import partial
+from typing import Any
+
+import click
+from celery import Celery, bootsteps
+from kombu import Connection
+from kombu import Consumer as KombuConsumer
+
+from .bindings import app_bindings
+from .config import PulseConfig, load_config
+from .dispatch import Dispatcher
+from .errors import ConfigError
+from .eventloop import LoopConnection, backoff_delays, connect_in_background
+from .handoff import Handoff
+from .topology import QueuePlan, kombu_queue, plan_queues
+
+logger = logging.getLogger(__name__)
+
+_STEP_INSTALLED = "_pulse_celery_installed"
+
+
+class Session:
+    """One open Pulse connection and channel, and the consumers on it; dead once lost."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        channel: Any,
+        plans: list[QueuePlan],
+        loop_connection: LoopConnection | None,
+    ) -> None:
+        self.connection = connection
+        self.channel = channel
+        self.plans = plans
+        self.loop_connection = loop_connection
+        self.consumers: list[KombuConsumer] = []
+        #: acks, rejects and requeues sent on this session's channel
+        self.counts: Counter[str] = Counter()
+        self._closed = False
+
+    @property
+    def alive(self) -> bool:
+        if self._closed:
+            return False
+        return self.loop_connection.alive if self.loop_connection is not None else True
+
+    @property
+    def consuming(self) -> bool:
+        return bool(self.consumers)
+
+    def guard(self, fun: Any, *args: Any) -> Any:
+        """Call ``fun`` on this session; a connection error marks it lost instead of raising."""
+        if self.loop_connection is not None:
+            return self.loop_connection.guard(fun, *args)
+        if self.alive:
+            return fun(*args)
+        return None
+
+    def settled(self, what: str) -> None:
+        self.counts[what] += 1
+
+    def close(self) -> None:
+        self._closed = True
+        if self.loop_connection is not None:
+            self.loop_connection.close()
+        else:
+            try:
+                self.channel.close()
+            except Exception:
+                pass
+
+
+class PulseConsumer:
+    """Consume the app's Pulse queues inside one Celery worker."""
+
+    def __init__(self, c: Any, app: Celery, config: PulseConfig) -> None:
+        self.c = c
+        self.app = app
+        self.config = config
+        self.hub = c.hub
+        self.bindings = app_bindings(app)
+        plan_queues(config, self.bindings)  # validate now: a bad binding fails the worker start
+        self._check_policies()
+        needs_handoff = any(
+            (b.ack is None and config.ack_policy == "enqueue") or b.ack == "enqueue" for b in self.bindings
+        )
+        self.handoff = Handoff(app, self.hub, self._on_handoff_ready) if needs_handoff else None
+        self.dispatcher = Dispatcher(app, config, c, self.handoff, self._on_handoff_failed)
+        self.session: Session | None = None
+        self.generation = 0
+        self.stopping = False
+        self.paused = False
+        self._reconnect_delay = backoff_delays()
+        self._pause_delay = backoff_delays(first=1.0, maximum=30.0)
+
+    def _check_policies(self) -> None:
+        for binding in self.bindings:
+            if (binding.ack or self.config.ack_policy) == "complete":
+                task = self.app.tasks[binding.task_name]
+                if not task.acks_late:
+                    raise ConfigError(
+                        f"task {binding.task_name} has a Pulse binding with ack='complete' but "
+                        "acks_late is off, so Celery would ack the Pulse message when the task "
+                        "starts; declare it with @app.task(acks_late=True)"
+                    )
+
+    # -- connecting ----------------------------------------------------------------
+
+    def start(self) -> None:
+        self.stopping = False
+        if self.config.is_memory:
+            if self.c.connection is None or self.c.connection.transport.driver_type != "memory":
+                raise ConfigError("pulse_url memory:// works only with a memory:// Celery broker (the demo)")
+        elif self.hub is None:
+            raise ConfigError(
+                "Pulse consumption needs the worker's event loop, which the gevent and eventlet pools "
+                "do not run; use the prefork, threads or solo pool for Pulse workers, or start this "
+                "worker with --no-pulse"
+            )
+        if self.handoff is not None:
+            self.handoff.start()
+        self._connect()
+
+    def _connect(self) -> None:
+        self.generation += 1
+        generation = self.generation
+        if self.config.is_memory:
+            self._on_open((generation, self._open_shared()))
+            return
+        logger.info("Connecting to Pulse at %s", self.config.safe_url())
+        connect_in_background(
+            self.hub,
+            lambda: (generation, self._open()),
+            self._on_open,
+            self._on_open_failed,
+            name="pulse-celery-connect",
+        )
+
+    def _declare(self, channel: Any) -> list[QueuePlan]:
+        plans = plan_queues(self.config, self.bindings)  # fresh anonymous names each time
+        for plan in plans:
+            kombu_queue(self.config, plan).bind(channel).declare()
+        return plans
+
+    def _open(self) -> tuple[Connection, Any, list[QueuePlan]]:
+        """Connect and declare; runs in a short-lived thread, never on the event loop."""
+        connection = Connection(**self.config.connection_kwargs())
+        try:
+            connection.connect()
+            channel = connection.channel()
+            plans = self._declare(channel)
+        except Exception:
+            connection.collect()
+            raise
+        return connection, channel, plans
+
+    def _open_shared(self) -> tuple[Connection, Any, list[QueuePlan]]:
+        """Open a channel on Celery's own in-memory connection (the demo and unit tests)."""
+        channel = self.c.connection.channel()
+        return self.c.connection, channel, self._declare(channel)
+
+    def _on_open(self, result: tuple[int, tuple[Connection, Any, list[QueuePlan]]]) -> None:
+        generation, (connection, channel, plans) = result
+        if generation != self.generation or self.stopping:
+            if not self.config.is_memory:
+                connection.collect()
+            return
+        loop_connection = None
+        if not self.config.is_memory:
+            loop_connection = LoopConnection(
+                connection, self.hub, partial(self._on_lost, generation), "Pulse"
+            )
+            loop_connection.attach()
+        self.session = Session(connection, channel, plans, loop_connection)
+        self._reconnect_delay = backoff_delays()
+        logger.info(
+            "Connected to Pulse at %s; queues: %s",
+            self.config.safe_url(),
+            ", ".join(f"{p.name} -> {p.task_name}" for p in plans),
+        )
+        self._consume_if_ready()
+
+    def _on_open_failed(self, exc: BaseException) -> None:
+        if self.stopping:
+            return
+        delay = self._reconnect_delay()
+        logger.error(
+            "Cannot connect to Pulse at %s: %s; nothing is consumed until it works; retrying in %.1f s",
+            self.config.safe_url(),
+            describe_error(exc, self.config),
+            delay,
+        )
+        self.hub.call_later(delay, self._reconnect)
+
+    def _on_lost(self, generation: int, exc: BaseException) -> None:
+        session = self.session
+        if generation != self.generation or session is None:
+            return
+        self.session = None
+        delay = self._reconnect_delay()
+        logger.warning(
+            "Pulse connection lost (%s); %d unacknowledged messages will be redelivered by the "
+            "broker; reconnecting in %.1f s",
+            describe_error(exc, self.config),
+            self.in_flight(session),
+            delay,
+        )
+        if not self.stopping:
+            self.hub.call_later(delay, self._reconnect)
+
+    def _reconnect(self) -> None:
+        if not self.stopping and self.session is None:
+            self._connect()
+
+    @staticmethod
+    def in_flight(session: Session) -> int:
+        """Deliveries received on ``session`` and not yet acked, rejected or requeued."""
+        c = session.counts
+        return c["delivered"] - c["ack"] - c["reject"] - c["requeue"]
+
+    # -- consuming -----------------------------------------------------------------
+
+    def prefetch_for(self, plan: QueuePlan) -> int:
+        """Prefetch per queue: Celery's own for tasks run here, the hand-off pipe's otherwise."""
+        if all((b.ack or self.config.ack_policy) == "complete" for b in plan.bindings):
+            return max(1, getattr(self.c, "initial_prefetch_count", 0) or self.config.prefetch_count)
+        return self.config.prefetch_count
+
+    def _consume_if_ready(self) -> None:
+        session = self.session
+        if session is None or not session.alive or session.consuming or self.paused or self.stopping:
+            return
+        if self.handoff is not None and not self.handoff.ready:
+            logger.info("Pulse consumption waits for the hand-off connection to the Celery broker")
+            return
+        session.guard(self._start_consumers, session)
+
+    def _start_consumers(self, session: Session) -> None:
+        for plan in session.plans:
+            session.channel.basic_qos(0, self.prefetch_for(plan), False)
+            consumer = KombuConsumer(
+                session.channel,
+                queues=[kombu_queue(self.config, plan)],
+                on_message=partial(self.dispatcher.on_message, plan=plan, session=session),
+                accept=[],
+                no_ack=False,
+                auto_declare=False,
+            )
+            consumer.consume()
+            session.consumers.append(consumer)
+
+    def _stop_consumers(self, session: Session) -> None:
+        consumers, session.consumers = session.consumers, []
+        for consumer in consumers:
+            session.guard(consumer.cancel)
+
+    def _on_handoff_ready(self, ready: bool) -> None:
+        if ready:
+            self._pause_delay = backoff_delays(first=1.0, maximum=30.0)
+            self._consume_if_ready()
+        elif self.session is not None and self.session.consuming:
+            logger.warning("Pulse consumption paused until the Celery broker is reachable again")
+            self._stop_consumers(self.session)
+
+    def _on_handoff_failed(self, exc: BaseException) -> None:
+        """Stop taking Pulse deliveries for a while instead of cycling them through requeue."""
+        if self.paused or self.stopping:
+            return
+        self.paused = True
+        delay = self._pause_delay()
+        logger.warning("Pulse consumption paused for %.1f s: the Celery broker refused a task message", delay)
+        if self.session is not None:
+            self._stop_consumers(self.session)
+        if self.hub is not None:
+            self.hub.call_later(delay, self._resume)
+
+    def _resume(self) -> None:
+        self.paused = False
+        self._consume_if_ready()
+
+    # -- stopping ------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Celery stops its consumer: for a restart, close; for a warm shutdown, only cancel."""
+        if self.c.blueprint.state == bootsteps.CLOSE:
+            if self.session is not None:
+                logger.info("Warm shutdown: no new Pulse deliveries; finishing the ones in flight")
+                self._stop_consumers(self.session)
+            return
+        self._close("Celery's consumer is restarting")
+
+    def shutdown(self) -> None:
+        """The pool has drained: send the last acks, then close."""
+        if self.handoff is not None:
+            self.handoff.flush(timeout=10.0)
+        self._close("worker shutdown")
+
+    def _close(self, why: str) -> None:
+        self.stopping = True
+        self.generation += 1
+        session, self.session = self.session, None
+        if session is not None:
+            logger.info(
+                "Closing the Pulse connection (%s); unacknowledged messages go back to their queues",
+                why,
+            )
+            session.close()
+        if self.handoff is not None:
+            self.handoff.close()
+
+
+def describe_error(exc: BaseException, config: PulseConfig) -> str:
+    """Say what a connection or declaration error means for a Pulse user, with the fix."""
+    text = str(exc) or repr(exc)
+    code = getattr(exc, "reply_code", None) or getattr(exc, "code", None)
+    if config.password and config.password in text:
+        text = text.replace(config.password, "****")
+    if code == 403 or "ACCESS_REFUSED" in text:
+        return (
+            f"{text} -- check pulse_user/pulse_password, and that queues are named "
+            f"queue/{config.user}/... and foreign exchanges exist"
+        )
+    if code == 404 or "NOT_FOUND" in text:
+        return f"{text} -- an exchange named in a binding does not exist on this Pulse vhost"
+    if code == 406 or "PRECONDITION_FAILED" in text:
+        return (
+            f"{text} -- the queue exists with other arguments (quorum vs classic?); set "
+            "pulse_queue_type to match it, or delete the queue"
+        )
+    return text
+
+
+class PulseStep(bootsteps.StartStopStep):
+    """Consumer-blueprint step that runs :class:`PulseConsumer` beside Celery's own consumer."""
+
+    label = "Pulse"
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, c: Any, pulse: bool = True, **kwargs: Any) -> None:
+        self.enabled = pulse
+        c.pulse = None
+        super().__init__(c, **kwargs)
+
+    def include_if(self, c: Any) -> bool:
+        return bool(self.enabled and app_bindings(c.app))
+
+    def create(self, c: Any) -> PulseConsumer:
+        c.pulse = PulseConsumer(c, c.app, load_config(c.app.conf))
+        return c.pulse
+
+    def shutdown(self, c: Any) -> None:
+        if self.obj is not None:
+            self.obj.shutdown()
+
+
+def install(app: Celery) -> None:
+    """Add the Pulse step and the ``--pulse/--no-pulse`` worker option to ``app`` (idempotent)."""
+    if getattr(app, _STEP_INSTALLED, False):
+        return
+    setattr(app, _STEP_INSTALLED, True)
+    app.steps["consumer"].add(PulseStep)
+    app.user_options["worker"].add(
+        click.Option(
+            ["--pulse/--no-pulse"],
+            default=True,
+            show_default=True,
+            help="Consume the Pulse queues this app's tasks are bound to.",
+        )
+    )

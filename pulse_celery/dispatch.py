@@ -1,0 +1,246 @@
+"""Turn one Pulse delivery into one task invocation, under the binding's ack policy.
+
+``enqueue``: publish the task message to the Celery broker; ack the Pulse message once the
+broker confirms it, requeue it if the broker refuses it. ``complete``: hand the task to this
+worker's pool through Celery's own strategy, with the Pulse delivery as the message Celery
+acks, so acks_late, reject_on_worker_lost, time limits and retries behave as for any task.
+A delivery that cannot become a task (:class:`~pulse_celery.errors.BadMessage`) is rejected
+without requeue and logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery
+from celery.exceptions import InvalidTaskError
+from celery.utils import gen_unique_id
+from kombu.exceptions import ContentDisallowed, DecodeError
+from kombu.message import Message
+from kombu.serialization import dumps
+from vine import promise
+
+from .bindings import Binding
+from .config import PulseConfig
+from .errors import BadMessage, HandoffFailed, NoMatchingBinding
+from .handoff import Handoff, Route, TaskMessage, resolve_route
+from .message import HEADER, PulseMessage, cc_routes, check_content, decode_body
+from .topology import QueuePlan
+
+logger = logging.getLogger(__name__)
+
+
+class PulseDelivery:
+    """One unacknowledged Pulse delivery: settled (acked or rejected) exactly once, safely.
+
+    If the channel it came on is gone, settling is a logged no-op: the broker has already
+    put the message back in the queue and will deliver it again.
+    """
+
+    __slots__ = ("message", "meta", "session", "settled")
+
+    def __init__(self, message: Message, meta: PulseMessage, session: Any) -> None:
+        self.message = message
+        self.meta = meta
+        self.session = session
+        self.settled = False
+
+    def ack(self) -> None:
+        self._settle("ack", self.message.ack)
+
+    def reject(self, requeue: bool) -> None:
+        self._settle("requeue" if requeue else "reject", lambda: self.message.reject(requeue=requeue))
+
+    def _settle(self, what: str, action: Callable[[], None]) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        if not self.session.alive:
+            logger.info(
+                "Pulse %s of a message from %s (%s) not sent: its channel is gone; the broker will "
+                "deliver it again",
+                what,
+                self.meta.exchange,
+                self.meta.routing_key,
+            )
+            return
+        self.session.guard(action)
+        self.session.settled(what)
+
+
+class TaskDeliveryMessage(Message):
+    """A task-protocol-2 message whose ack and reject go to the Pulse delivery behind it."""
+
+    def __init__(self, delivery: PulseDelivery, task_message: TaskMessage, route: Route) -> None:
+        super().__init__(
+            body=task_message.body,
+            delivery_tag=delivery.message.delivery_tag,
+            content_type=task_message.content_type,
+            content_encoding=task_message.content_encoding,
+            delivery_info={
+                # retry() republishes here: to the Celery broker, not to a Pulse exchange.
+                "exchange": route.exchange,
+                "routing_key": route.routing_key,
+                "priority": 0,
+                "redelivered": delivery.meta.redelivered,
+            },
+            properties=dict(task_message.properties),
+            headers=task_message.headers,
+        )
+        self.delivery = delivery
+
+    def ack(self, multiple: bool = False) -> None:
+        self.delivery.ack()
+        self._state = "ACK"
+
+    def reject(self, requeue: bool = False) -> None:
+        self.delivery.reject(requeue)
+        self._state = "REQUEUED" if requeue else "REJECTED"
+
+    def requeue(self) -> None:
+        self.reject(requeue=True)
+
+    def ack_log_error(self, logger: Any, errors: Any, multiple: bool = False) -> None:
+        self.ack()
+
+    def reject_log_error(self, logger: Any, errors: Any, requeue: bool = False) -> None:
+        self.reject(requeue)
+
+
+def build_task_message(
+    app: Celery, task_name: str, payload: Any, meta: PulseMessage, origin: str
+) -> TaskMessage:
+    """Return the task message that invokes ``task_name(payload)``, carrying ``meta`` as a header."""
+    task_id = gen_unique_id()
+    headers, properties, body, _ = app.amqp.as_task_v2(
+        task_id, task_name, args=(payload,), kwargs={}, origin=origin
+    )
+    headers[HEADER] = meta.as_header()
+    content_type, content_encoding, data = dumps(body, serializer="json")
+    if isinstance(data, str):
+        data = data.encode(content_encoding or "utf-8")
+    return TaskMessage(task_id, headers, properties, data, content_type, content_encoding)
+
+
+class Dispatcher:
+    """Route deliveries of the app's Pulse queues to their tasks."""
+
+    def __init__(
+        self,
+        app: Celery,
+        config: PulseConfig,
+        consumer: Any,
+        handoff: Handoff | None,
+        on_handoff_failed: Callable[[BaseException], None],
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.consumer = consumer  # Celery's worker consumer: strategies, call_soon_ack
+        self.handoff = handoff
+        self.on_handoff_failed = on_handoff_failed
+        self.origin = getattr(consumer, "hostname", None) or "pulse-celery"
+        self._routes: dict[str, Route] = {}
+
+    def policy(self, binding: Binding) -> str:
+        return binding.ack or self.config.ack_policy
+
+    def route(self, task_name: str) -> Route:
+        route = self._routes.get(task_name)
+        if route is None:
+            route = self._routes[task_name] = resolve_route(self.app, task_name)
+        return route
+
+    def on_message(self, message: Message, plan: QueuePlan, session: Any) -> None:
+        """Handle one delivery from ``plan``'s queue; never raises."""
+        info = message.delivery_info
+        meta = PulseMessage(
+            exchange=info.get("exchange", ""),
+            routing_key=info.get("routing_key", ""),
+            routes=cc_routes(message.headers),
+            redelivered=bool(info.get("redelivered")),
+            queue=plan.name,
+        )
+        delivery = PulseDelivery(message, meta, session)
+        session.counts["delivered"] += 1
+        try:
+            binding, payload = self._decode(message, meta, plan)
+            task_message = build_task_message(self.app, binding.task_name, payload, meta, self.origin)
+            if self.policy(binding) == "complete":
+                self._run_here(delivery, binding, task_message)
+            else:
+                self._enqueue(delivery, binding, task_message)
+        except BadMessage as exc:
+            self.reject_bad(delivery, exc)
+        except Exception:
+            logger.exception(
+                "Unexpected error handling a Pulse message from %s (%s); it goes back to the queue",
+                meta.exchange,
+                meta.routing_key,
+            )
+            delivery.reject(requeue=True)
+
+    def _decode(self, message: Message, meta: PulseMessage, plan: QueuePlan) -> tuple[Binding, Any]:
+        for binding in plan.bindings:
+            if binding.matches(meta.exchange, meta.routing_keys):
+                break
+        else:
+            raise NoMatchingBinding(f"no binding of queue {plan.name} names this exchange and routing key")
+        body = message.body
+        check_content(
+            message.content_type,
+            message.content_encoding,
+            message.headers,
+            len(body),
+            self.config.max_body_size,
+        )
+        return binding, decode_body(body)
+
+    def reject_bad(self, delivery: PulseDelivery, exc: BadMessage) -> None:
+        meta = delivery.meta
+        logger.error(
+            "Rejected Pulse message from exchange %s, routing key %s, queue %s: %s (%s); it is "
+            "dropped, not requeued",
+            meta.exchange,
+            meta.routing_key,
+            meta.queue,
+            exc,
+            exc.reason,
+        )
+        delivery.reject(requeue=False)
+
+    def _enqueue(self, delivery: PulseDelivery, binding: Binding, task_message: TaskMessage) -> None:
+        assert self.handoff is not None
+
+        def on_failed(exc: BaseException) -> None:
+            logger.warning(
+                "Task message for %s (from %s, %s) not confirmed by the Celery broker: %s; the Pulse "
+                "message goes back to the queue",
+                binding.task_name,
+                delivery.meta.exchange,
+                delivery.meta.routing_key,
+                exc,
+            )
+            delivery.reject(requeue=True)
+            self.on_handoff_failed(exc)
+
+        self.handoff.publish(task_message, self.route(binding.task_name), delivery.ack, on_failed)
+
+    def _run_here(self, delivery: PulseDelivery, binding: Binding, task_message: TaskMessage) -> None:
+        c = self.consumer
+        message = TaskDeliveryMessage(delivery, task_message, self.route(binding.task_name))
+        try:
+            strategy = c.strategies[binding.task_name]
+        except KeyError:
+            raise HandoffFailed(f"task {binding.task_name} is not registered in this worker") from None
+        try:
+            strategy(
+                message,
+                None,
+                promise(c.call_soon_ack, (message.ack_log_error,)),
+                promise(c.call_soon_ack, (message.reject_log_error,)),
+                c.on_task_message,
+            )
+        except (InvalidTaskError, ContentDisallowed, DecodeError) as exc:
+            raise BadMessage(f"Celery refused the task message: {exc}") from exc

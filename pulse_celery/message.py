@@ -1,0 +1,114 @@
+"""Decode one Pulse delivery into a payload and its metadata; only JSON is ever decoded.
+
+The metadata travels with the task as the ``pulse`` header, so a task reads it with
+:func:`pulse_message`::
+
+    @app.task(bind=True)
+    def on_task_completed(self, payload):
+        msg = pulse_message(self.request)
+        msg.exchange, msg.routing_key, msg.routes, msg.redelivered
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .errors import ContentRefused, UndecodableBody
+
+#: Content types taken as JSON; anything else (pickle, YAML, msgpack, ...) is refused unread.
+JSON_CONTENT_TYPES = frozenset({"application/json", "text/json", ""})
+#: Content encodings that mean "plain text"; anything else (gzip, zlib, ...) is refused.
+PLAIN_ENCODINGS = frozenset({"utf-8", "utf8", "", "binary"})
+
+#: Name of the task-message header that carries :class:`PulseMessage`.
+HEADER = "pulse"
+
+
+@dataclass(frozen=True)
+class PulseMessage:
+    """Where a Pulse message came from: what a task needs beside its payload."""
+
+    exchange: str
+    routing_key: str
+    #: CC routes (Taskcluster task routes come as ``route.<route>``).
+    routes: tuple[str, ...]
+    redelivered: bool
+    #: The Pulse queue it was consumed from.
+    queue: str
+
+    @property
+    def routing_keys(self) -> tuple[str, ...]:
+        """The primary routing key followed by the CC routes: every key the message carries."""
+        return (self.routing_key, *self.routes)
+
+    def as_header(self) -> dict[str, Any]:
+        header = asdict(self)
+        header["routes"] = list(self.routes)
+        return header
+
+    @classmethod
+    def from_header(cls, header: dict[str, Any]) -> PulseMessage:
+        return cls(
+            exchange=header["exchange"],
+            routing_key=header["routing_key"],
+            routes=tuple(header.get("routes") or ()),
+            redelivered=bool(header.get("redelivered")),
+            queue=header.get("queue", ""),
+        )
+
+
+def pulse_message(request: Any = None) -> PulseMessage | None:
+    """Return the Pulse metadata of the running task (``self.request``), or None if it has none."""
+    if request is None:
+        from celery import current_task
+
+        request = current_task.request if current_task else None
+    header = getattr(request, HEADER, None) if request is not None else None
+    return PulseMessage.from_header(header) if isinstance(header, dict) else None
+
+
+def cc_routes(headers: dict[str, Any] | None) -> tuple[str, ...]:
+    """Return the CC routing keys of a delivery (the ``CC`` header RabbitMQ leaves in place)."""
+    cc = (headers or {}).get("CC") or (headers or {}).get("cc") or ()
+    if isinstance(cc, (str, bytes)):
+        cc = [cc]
+    return tuple(c.decode() if isinstance(c, bytes) else str(c) for c in cc)
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def check_content(
+    content_type: str | None,
+    content_encoding: str | None,
+    headers: dict[str, Any] | None,
+    size: int,
+    max_size: int,
+) -> None:
+    """Refuse, before reading a byte of it, a body that is not plain JSON or is too large."""
+    if size > max_size:
+        raise ContentRefused(f"body of {size} bytes is over the {max_size}-byte limit (pulse_max_body_size)")
+    media = _media_type(content_type)
+    if media not in JSON_CONTENT_TYPES:
+        raise ContentRefused(f"content type {content_type!r} is not JSON; it is never decoded")
+    encoding = (content_encoding or "").strip().lower()
+    if encoding not in PLAIN_ENCODINGS or (headers or {}).get("compression"):
+        what = (headers or {}).get("compression") or content_encoding
+        raise ContentRefused(f"compressed body ({what}) is refused before expansion")
+
+
+def decode_body(body: bytes | str) -> Any:
+    """Parse a JSON body; raise :class:`UndecodableBody` for anything that does not parse."""
+    try:
+        text = body.decode("utf-8") if isinstance(body, (bytes, bytearray, memoryview)) else body
+    except UnicodeDecodeError as exc:
+        raise UndecodableBody(f"body is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise UndecodableBody("JSON nested too deeply to decode") from None
+    except ValueError as exc:  # JSONDecodeError, and ints over sys.get_int_max_str_digits()
+        raise UndecodableBody(f"body is not valid JSON ({str(exc)[:120]})") from None
