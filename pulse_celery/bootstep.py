@@ -20,7 +20,6 @@ from typing import Any
 import click
 from celery import Celery, bootsteps
 from kombu import Connection
-from kombu import Consumer as KombuConsumer
 
 from .bindings import app_bindings
 from .config import PulseConfig, load_config
@@ -49,7 +48,8 @@ class Session:
         self.channel = channel
         self.plans = plans
         self.loop_connection = loop_connection
-        self.consumers: list[KombuConsumer] = []
+        #: consumer tags of the queues being consumed
+        self.consumers: list[str] = []
         #: acks, rejects and requeues sent on this session's channel
         self.counts: Counter[str] = Counter()
         self._closed = False
@@ -253,22 +253,21 @@ class PulseConsumer:
 
     def _start_consumers(self, session: Session) -> None:
         for plan in session.plans:
+            # With global=False the limit applies to each consumer started after it.
             session.channel.basic_qos(0, self.prefetch_for(plan), False)
-            consumer = KombuConsumer(
-                session.channel,
-                queues=[kombu_queue(self.config, plan)],
-                on_message=partial(self.dispatcher.on_message, plan=plan, session=session),
-                accept=[],
+            tag = f"pulse-celery.{self.generation}.{len(session.consumers)}"
+            session.channel.basic_consume(
+                queue=plan.name,
                 no_ack=False,
-                auto_declare=False,
+                callback=partial(self.dispatcher.on_message, plan=plan, session=session),
+                consumer_tag=tag,
             )
-            consumer.consume()
-            session.consumers.append(consumer)
+            session.consumers.append(tag)
 
     def _stop_consumers(self, session: Session) -> None:
-        consumers, session.consumers = session.consumers, []
-        for consumer in consumers:
-            session.guard(consumer.cancel)
+        tags, session.consumers = session.consumers, []
+        for tag in tags:
+            session.guard(session.channel.basic_cancel, tag)
 
     def _on_handoff_ready(self, ready: bool) -> None:
         if ready:

@@ -26,7 +26,7 @@ from .bindings import Binding
 from .config import PulseConfig
 from .errors import BadMessage, HandoffFailed, NoMatchingBinding
 from .handoff import Handoff, Route, TaskMessage, resolve_route
-from .message import HEADER, PulseMessage, cc_routes, check_content, decode_body
+from .message import HEADER, PulseMessage, RawDelivery, cc_routes, check_content, decode_body, raw_delivery
 from .topology import QueuePlan
 
 logger = logging.getLogger(__name__)
@@ -39,19 +39,22 @@ class PulseDelivery:
     put the message back in the queue and will deliver it again.
     """
 
-    __slots__ = ("message", "meta", "session", "settled")
+    __slots__ = ("delivery_tag", "meta", "session", "settled")
 
-    def __init__(self, message: Message, meta: PulseMessage, session: Any) -> None:
-        self.message = message
+    def __init__(self, delivery_tag: int, meta: PulseMessage, session: Any) -> None:
+        self.delivery_tag = delivery_tag
         self.meta = meta
         self.session = session
         self.settled = False
 
     def ack(self) -> None:
-        self._settle("ack", self.message.ack)
+        self._settle("ack", lambda: self.session.channel.basic_ack(self.delivery_tag))
 
     def reject(self, requeue: bool) -> None:
-        self._settle("requeue" if requeue else "reject", lambda: self.message.reject(requeue=requeue))
+        self._settle(
+            "requeue" if requeue else "reject",
+            lambda: self.session.channel.basic_reject(self.delivery_tag, requeue),
+        )
 
     def _settle(self, what: str, action: Callable[[], None]) -> None:
         if self.settled:
@@ -76,7 +79,7 @@ class TaskDeliveryMessage(Message):
     def __init__(self, delivery: PulseDelivery, task_message: TaskMessage, route: Route) -> None:
         super().__init__(
             body=task_message.body,
-            delivery_tag=delivery.message.delivery_tag,
+            delivery_tag=delivery.delivery_tag,
             content_type=task_message.content_type,
             content_encoding=task_message.content_encoding,
             delivery_info={
@@ -152,20 +155,21 @@ class Dispatcher:
             route = self._routes[task_name] = resolve_route(self.app, task_name)
         return route
 
-    def on_message(self, message: Message, plan: QueuePlan, session: Any) -> None:
+    def on_message(self, message: Any, plan: QueuePlan, session: Any) -> None:
         """Handle one delivery from ``plan``'s queue; never raises."""
-        info = message.delivery_info
+        raw = raw_delivery(message)
+        info = raw.delivery_info
         meta = PulseMessage(
             exchange=info.get("exchange", ""),
             routing_key=info.get("routing_key", ""),
-            routes=cc_routes(message.headers),
+            routes=cc_routes(raw.headers),
             redelivered=bool(info.get("redelivered")),
             queue=plan.name,
         )
-        delivery = PulseDelivery(message, meta, session)
+        delivery = PulseDelivery(raw.delivery_tag, meta, session)
         session.counts["delivered"] += 1
         try:
-            binding, payload = self._decode(message, meta, plan)
+            binding, payload = self._decode(raw, meta, plan)
             task_message = build_task_message(self.app, binding.task_name, payload, meta, self.origin)
             if self.policy(binding) == "complete":
                 self._run_here(delivery, binding, task_message)
@@ -181,21 +185,16 @@ class Dispatcher:
             )
             delivery.reject(requeue=True)
 
-    def _decode(self, message: Message, meta: PulseMessage, plan: QueuePlan) -> tuple[Binding, Any]:
+    def _decode(self, raw: RawDelivery, meta: PulseMessage, plan: QueuePlan) -> tuple[Binding, Any]:
         for binding in plan.bindings:
             if binding.matches(meta.exchange, meta.routing_keys):
                 break
         else:
             raise NoMatchingBinding(f"no binding of queue {plan.name} names this exchange and routing key")
-        body = message.body
         check_content(
-            message.content_type,
-            message.content_encoding,
-            message.headers,
-            len(body),
-            self.config.max_body_size,
+            raw.content_type, raw.content_encoding, raw.headers, len(raw.body), self.config.max_body_size
         )
-        return binding, decode_body(body)
+        return binding, decode_body(raw.body)
 
     def reject_bad(self, delivery: PulseDelivery, exc: BadMessage) -> None:
         meta = delivery.meta

@@ -15,6 +15,8 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from amqp import Message as AmqpMessage
+
 from .errors import ContentRefused, UndecodableBody
 
 #: Content types taken as JSON; anything else (pickle, YAML, msgpack, ...) is refused unread.
@@ -67,6 +69,47 @@ def pulse_message(request: Any = None) -> PulseMessage | None:
         request = current_task.request if current_task else None
     header = getattr(request, HEADER, None) if request is not None else None
     return PulseMessage.from_header(header) if isinstance(header, dict) else None
+
+
+@dataclass(frozen=True)
+class RawDelivery:
+    """The parts of one delivery, read without decoding or decompressing anything."""
+
+    body: bytes
+    content_type: str | None
+    content_encoding: str | None
+    headers: dict[str, Any]
+    delivery_info: dict[str, Any]
+    delivery_tag: int
+
+
+def raw_delivery(message: Any) -> RawDelivery:
+    """Read a py-amqp message (or, on the in-memory transport, a kombu one) as is.
+
+    Pulse deliveries are consumed with py-amqp's own ``basic_consume`` rather than through
+    ``kombu.Consumer``: kombu's ``Message`` expands a body with a ``compression`` header as
+    soon as it is built, before anything could refuse it.
+    """
+    info = dict(message.delivery_info)
+    if isinstance(message, AmqpMessage):
+        properties = message.properties
+        content_type = properties.get("content_type")
+        content_encoding = properties.get("content_encoding")
+        headers = properties.get("application_headers") or {}
+        delivery_tag = info["delivery_tag"]
+    else:  # kombu.Message from the in-memory transport
+        content_type, content_encoding = message.content_type, message.content_encoding
+        headers = message.headers or {}
+        delivery_tag = message.delivery_tag
+    body = message.body
+    return RawDelivery(
+        body=body.encode() if isinstance(body, str) else bytes(body),
+        content_type=content_type,
+        content_encoding=content_encoding,
+        headers=headers,
+        delivery_info=info,
+        delivery_tag=delivery_tag,
+    )
 
 
 def cc_routes(headers: dict[str, Any] | None) -> tuple[str, ...]:

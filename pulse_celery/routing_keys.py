@@ -20,7 +20,10 @@ def validate_pattern(pattern: str, *, allow_all: bool = False) -> str:
     if not isinstance(pattern, str):
         raise BindingError(f"routing key pattern must be a string, not {type(pattern).__name__}")
     if len(pattern.encode()) > MAX_ROUTING_KEY_LENGTH:
-        raise BindingError(f"routing key pattern {pattern[:40]!r}... is over 255 bytes")
+        raise BindingError(
+            f"routing key pattern {pattern[:40]!r}... is over RabbitMQ's 255 bytes; "
+            "shorten it, e.g. end it with '#' instead of naming every word"
+        )
     if pattern == "":
         raise BindingError(
             "an empty routing key pattern matches only messages with an empty key; "
@@ -44,7 +47,8 @@ def validate_pattern(pattern: str, *, allow_all: bool = False) -> str:
 
 @lru_cache(maxsize=4096)
 def _split(text: str) -> tuple[str, ...]:
-    return tuple(text.split("."))
+    # RabbitMQ reads an empty key as no words at all, not as one empty word.
+    return tuple(text.split(".")) if text else ()
 
 
 def topic_matches(pattern: str, routing_key: str) -> bool:

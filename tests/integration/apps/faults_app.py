@@ -1,0 +1,38 @@
+"""A test app whose behaviour the fault tests steer through the environment.
+
+RECORD: JSON-lines file; the task appends {"event": "start"|"done", "id": ..., ...}.
+TASK_SECONDS: how long each task sleeps between start and done.
+ACK_POLICY: the binding's ack policy. ANONYMOUS=1: bind through an anonymous queue.
+"""
+
+import json
+import os
+import time
+
+from celery import Celery
+
+from pulse_celery import pulse_binding, pulse_message
+
+app = Celery("faults", broker=os.environ["CELERY_BROKER_URL"])
+app.conf.pulse_url = os.environ["PULSE_URL"]
+app.conf.pulse_heartbeat = float(os.environ.get("PULSE_HEARTBEAT", "10"))
+app.conf.worker_prefetch_multiplier = int(os.environ.get("PREFETCH_MULTIPLIER", "4"))
+RECORD = os.environ["RECORD"]
+SECONDS = float(os.environ.get("TASK_SECONDS", "0"))
+QUEUE = None if os.environ.get("ANONYMOUS") else "faults"
+EXCHANGE = os.environ.get("EXCHANGE", "exchange/taskcluster-queue/v1/task-completed")
+
+
+def record(event, payload, **extra):
+    meta = pulse_message()
+    line = {"event": event, "id": payload.get("id"), "redelivered": meta.redelivered, "pid": os.getpid(), **extra}
+    with open(RECORD, "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+@pulse_binding(EXCHANGE, "primary.#", queue=QUEUE, ack=os.environ.get("ACK_POLICY", "enqueue"))
+@app.task(acks_late=True)
+def handle(payload):
+    record("start", payload)
+    time.sleep(SECONDS)
+    record("done", payload)

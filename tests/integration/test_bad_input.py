@@ -1,0 +1,71 @@
+"""Bad input never crashes the worker and is never silently lost.
+
+Given a running worker, when each kind of bad message arrives, followed by a good one,
+then the bad one is rejected without requeue and logged once with its exchange, routing key
+and reason, the good one is still handled, and the Pulse queue ends empty.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+
+import pytest
+from kombu import Exchange
+
+from pulse_celery.testing import publish
+
+from .conftest import TASK_COMPLETED
+from .harness import wait_until
+from .test_acks import done_ids, faults_worker
+
+OTHER_EXCHANGE = "exchange/someone-else/v1/things"
+
+BAD_INPUTS = [
+    # (name, body, publish options, reason in the log)
+    ("invalid-json", b'{"id": 1,', {}, "not valid JSON"),
+    ("invalid-utf8", b'{"id": "\xff\xfe"}', {}, "not valid UTF-8"),
+    ("pickle", pickle.dumps({"id": 3}), {"content_type": "application/x-python-serialize"}, "is not JSON"),
+    ("gzip-header", gzip.compress(b'{"id": 4}'), {"headers": {"compression": "application/x-gzip"}}, "compressed"),
+    ("gzip-encoding", gzip.compress(b'{"id": 5}'), {"content_encoding": "gzip"}, "compressed"),
+]
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.parametrize("policy", ["enqueue", "complete"])
+def test_each_bad_message_is_rejected_and_logged_and_the_next_good_one_is_handled(
+    pulse, celery_broker, tmp_path, policy
+):
+    worker = faults_worker(pulse, celery_broker, tmp_path, ACK_POLICY=policy).start()
+    queue = f"queue/{pulse.user}/faults"
+    try:
+        with pulse.admin_connection() as conn:
+            # A binding nobody declared in the app (left over, or added by hand).
+            channel = conn.default_channel
+            Exchange(OTHER_EXCHANGE, type="topic", durable=True).declare(channel=channel)
+            channel.queue_bind(queue, OTHER_EXCHANGE, "#")
+            good = []
+            for n, (name, body, options, _) in enumerate(BAD_INPUTS):
+                publish(conn, TASK_COMPLETED, f"primary.{name}.0", body, **options)
+                publish(conn, TASK_COMPLETED, f"primary.good{n}.0", {"id": 100 + n})
+                good.append(100 + n)
+            publish(conn, OTHER_EXCHANGE, "primary.unknown-exchange.0", {"id": 6})
+            publish(conn, TASK_COMPLETED, "primary.good-last.0", {"id": 199})
+            good.append(199)
+
+        assert wait_until(lambda: set(done_ids(tmp_path)) >= set(good), timeout=60), worker.log()
+        assert wait_until(lambda: pulse.queue_counts(queue) == (0, 0), timeout=30), pulse.queue_counts(queue)
+        assert worker.alive
+    finally:
+        worker.stop()
+
+    assert done_ids(tmp_path) == {i: 1 for i in good}, "a bad message ran, or a good one ran twice"
+    log = worker.log()
+    rejections = [line for line in log.splitlines() if "Rejected Pulse message" in line]
+    assert len(rejections) == len(BAD_INPUTS) + 1, "\n".join(rejections)
+    for name, _, _, reason in BAD_INPUTS:
+        [line] = [r for r in rejections if f"primary.{name}.0" in r]
+        assert TASK_COMPLETED in line and reason in line, line
+    [line] = [r for r in rejections if "primary.unknown-exchange.0" in r]
+    assert OTHER_EXCHANGE in line and "no binding" in line
+    assert "Traceback" not in log
