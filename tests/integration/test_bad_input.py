@@ -26,7 +26,12 @@ BAD_INPUTS = [
     ("invalid-json", b'{"id": 1,', {}, "not valid JSON"),
     ("invalid-utf8", b'{"id": "\xff\xfe"}', {}, "not valid UTF-8"),
     ("pickle", pickle.dumps({"id": 3}), {"content_type": "application/x-python-serialize"}, "is not JSON"),
-    ("gzip-header", gzip.compress(b'{"id": 4}'), {"headers": {"compression": "application/x-gzip"}}, "compressed"),
+    (
+        "gzip-header",
+        gzip.compress(b'{"id": 4}'),
+        {"headers": {"compression": "application/x-gzip"}},
+        "compressed",
+    ),
     ("gzip-encoding", gzip.compress(b'{"id": 5}'), {"content_encoding": "gzip"}, "compressed"),
 ]
 

@@ -24,8 +24,9 @@ EXCHANGE = os.environ.get("EXCHANGE", "exchange/taskcluster-queue/v1/task-comple
 
 
 def record(event, payload, **extra):
-    meta = pulse_message()
-    line = {"event": event, "id": payload.get("id"), "redelivered": meta.redelivered, "pid": os.getpid(), **extra}
+    meta = pulse_message()  # None when the task was sent the ordinary Celery way
+    redelivered = meta.redelivered if meta else None
+    line = {"event": event, "id": payload.get("id"), "redelivered": redelivered, "pid": os.getpid(), **extra}
     with open(RECORD, "a") as f:
         f.write(json.dumps(line) + "\n")
 

@@ -1,0 +1,62 @@
+"""The Pulse step inside a real worker: Pulse trouble stays on the Pulse side; --no-pulse."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from celery import Celery
+from kombu import Exchange
+
+from .harness import wait_until
+from .test_acks import done_ids, faults_worker, publish_ids
+
+MISSING = "exchange/taskcluster-queue/v1/not-created-yet"
+
+
+def send_celery_task(celery_broker, payload):
+    """Send a task the ordinary Celery way, to show the worker's own consumer is working."""
+    app = Celery("client", broker=celery_broker.url, set_as_current=False)
+    with app.connection_for_write() as conn:
+        app.send_task("faults_app.handle", args=(payload,), connection=conn)
+
+
+@pytest.mark.rabbitmq
+def test_missing_exchange_is_reported_and_retried_while_the_worker_keeps_working(
+    pulse, celery_broker, tmp_path
+):
+    # Given a binding to an exchange that does not exist (yet)
+    worker = faults_worker(pulse, celery_broker, tmp_path, EXCHANGE=MISSING).start(wait_for=None)
+    try:
+        # Then the worker says what is wrong, with the fix, and keeps running
+        assert worker.wait_for_log("Cannot connect to Pulse", timeout=30), worker.log()
+        assert "does not exist" in worker.log()
+        # and Celery's own consumer works meanwhile
+        send_celery_task(celery_broker, {"id": 1})
+        assert wait_until(lambda: done_ids(tmp_path) == Counter({1: 1}), timeout=30), worker.log()
+
+        # When the publisher creates the exchange
+        with pulse.admin_connection() as conn:
+            Exchange(MISSING, type="topic", durable=True).declare(channel=conn.default_channel)
+        # Then the worker connects by itself and consumes
+        assert worker.wait_for_log("Connected to Pulse", timeout=60), worker.log()
+        publish_ids(pulse, [2], exchange=MISSING)
+        assert wait_until(lambda: done_ids(tmp_path) == Counter({1: 1, 2: 1}), timeout=30)
+        assert worker.alive
+    finally:
+        worker.stop()
+    assert "Traceback" not in worker.log()
+
+
+@pytest.mark.rabbitmq
+def test_no_pulse_worker_only_executes_tasks(pulse, celery_broker, tmp_path):
+    worker = faults_worker(pulse, celery_broker, tmp_path)
+    worker.extra_args = ("--no-pulse",)
+    worker.start(wait_for="ready.")
+    try:
+        send_celery_task(celery_broker, {"id": 3})
+        assert wait_until(lambda: done_ids(tmp_path) == Counter({3: 1}), timeout=30), worker.log()
+        assert pulse.queue_counts(f"queue/{pulse.user}/faults") is None
+    finally:
+        worker.stop()
+    assert "Pulse" not in worker.log()
