@@ -60,3 +60,36 @@ def test_no_pulse_worker_only_executes_tasks(pulse, celery_broker, tmp_path):
     finally:
         worker.stop()
     assert "Pulse" not in worker.log()
+
+
+@pytest.mark.rabbitmq
+def test_pulse_down_at_start_does_not_stop_the_worker(pulse, celery_broker, tmp_path):
+    worker = faults_worker(pulse, celery_broker, tmp_path)
+    worker.env["PULSE_URL"] = "amqp://alice:secret@127.0.0.1:9/nowhere"  # nothing listens on port 9
+    worker.start(wait_for="ready.")
+    try:
+        assert worker.wait_for_log("Cannot connect to Pulse", timeout=30), worker.log()
+        send_celery_task(celery_broker, {"id": 4})
+        assert wait_until(lambda: done_ids(tmp_path) == Counter({4: 1}), timeout=30), worker.log()
+        assert worker.wait_for_log("Cannot connect to Pulse", timeout=30, count=2)  # retried
+        assert worker.alive
+    finally:
+        worker.stop()
+    assert "secret" not in worker.log()
+
+
+@pytest.mark.rabbitmq
+def test_gevent_pool_is_refused_with_the_fix_and_runs_with_no_pulse(pulse, celery_broker, tmp_path):
+    worker = faults_worker(pulse, celery_broker, tmp_path, pool="gevent")
+    worker.start(wait_for=None)
+    assert worker.process.wait(timeout=60) != 0
+    assert "Pulse consumption needs the worker's event loop" in worker.log()
+    assert "--no-pulse" in worker.log()
+
+    worker.extra_args = ("--no-pulse",)
+    worker.start(wait_for="ready.")
+    try:
+        send_celery_task(celery_broker, {"id": 5})
+        assert wait_until(lambda: done_ids(tmp_path) == Counter({5: 1}), timeout=30), worker.log()
+    finally:
+        worker.stop()
