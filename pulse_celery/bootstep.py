@@ -13,6 +13,7 @@ re-established with backoff, while Celery's own consumer goes on untouched.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from functools import partial
 from typing import Any
@@ -25,7 +26,7 @@ from .bindings import app_bindings
 from .config import PulseConfig, load_config
 from .dispatch import Dispatcher
 from .errors import ConfigError
-from .eventloop import LoopConnection, backoff_delays, connect_in_background
+from .eventloop import LoopConnection, Timers, backoff_delays, connect_in_background
 from .handoff import Handoff
 from .topology import QueuePlan, kombu_queue, plan_queues
 
@@ -52,6 +53,7 @@ class Session:
         self.consumers: list[str] = []
         #: acks, rejects and requeues sent on this session's channel
         self.counts: Counter[str] = Counter()
+        self.opened_at = time.monotonic()
         self._closed = False
 
     @property
@@ -87,7 +89,17 @@ class Session:
 
 
 class PulseConsumer:
-    """Consume the app's Pulse queues inside one Celery worker."""
+    """Consume the app's Pulse queues inside one Celery worker.
+
+    States: connecting (a connect thread runs) -> consuming (a live :class:`Session`) ->
+    lost (reconnect timer) -> connecting ...; ``paused`` while the Celery broker refuses task
+    messages; ``draining`` during warm shutdown (no new deliveries, the connection stays open
+    for the acks of finishing tasks); ``stopping`` once closed. Every callback that arrives
+    from a connect thread or a timer checks the generation and the state before acting.
+    """
+
+    #: A session that lived this long resets the reconnect backoff when it is lost.
+    HEALTHY_AFTER = 30.0
 
     def __init__(self, c: Any, app: Celery, config: PulseConfig) -> None:
         self.c = c
@@ -97,15 +109,15 @@ class PulseConsumer:
         self.bindings = app_bindings(app)
         plan_queues(config, self.bindings)  # validate now: a bad binding fails the worker start
         self._check_policies()
-        needs_handoff = any(
-            (b.ack is None and config.ack_policy == "enqueue") or b.ack == "enqueue" for b in self.bindings
-        )
+        needs_handoff = any((b.ack or config.ack_policy) == "enqueue" for b in self.bindings)
         self.handoff = Handoff(app, self.hub, self._on_handoff_ready) if needs_handoff else None
         self.dispatcher = Dispatcher(app, config, c, self.handoff, self._on_handoff_failed)
         self.session: Session | None = None
         self.generation = 0
         self.stopping = False
+        self.draining = False
         self.paused = False
+        self._timers = Timers(self.hub)
         self._reconnect_delay = backoff_delays()
         self._pause_delay = backoff_delays(first=1.0, maximum=30.0)
 
@@ -120,10 +132,15 @@ class PulseConsumer:
                         "starts; declare it with @app.task(acks_late=True)"
                     )
 
+    @property
+    def active(self) -> bool:
+        """False once stopping or draining: no connecting, consuming or resuming then."""
+        return not (self.stopping or self.draining)
+
     # -- connecting ----------------------------------------------------------------
 
     def start(self) -> None:
-        self.stopping = False
+        self.stopping = self.draining = self.paused = False
         if self.config.is_memory:
             if self.c.connection is None or self.c.connection.transport.driver_type != "memory":
                 raise ConfigError("pulse_url memory:// works only with a memory:// Celery broker (the demo)")
@@ -148,7 +165,7 @@ class PulseConsumer:
             self.hub,
             lambda: (generation, self._open()),
             self._on_open,
-            self._on_open_failed,
+            partial(self._on_open_failed, generation),
             name="pulse-celery-connect",
         )
 
@@ -177,7 +194,7 @@ class PulseConsumer:
 
     def _on_open(self, result: tuple[int, tuple[Connection, Any, list[QueuePlan]]]) -> None:
         generation, (connection, channel, plans) = result
-        if generation != self.generation or self.stopping:
+        if generation != self.generation or not self.active or self.session is not None:
             if not self.config.is_memory:
                 connection.collect()
             return
@@ -188,7 +205,6 @@ class PulseConsumer:
             )
             loop_connection.attach()
         self.session = Session(connection, channel, plans, loop_connection)
-        self._reconnect_delay = backoff_delays()
         logger.info(
             "Connected to Pulse at %s; queues: %s",
             self.config.safe_url(),
@@ -196,8 +212,8 @@ class PulseConsumer:
         )
         self._consume_if_ready()
 
-    def _on_open_failed(self, exc: BaseException) -> None:
-        if self.stopping:
+    def _on_open_failed(self, generation: int, exc: BaseException) -> None:
+        if generation != self.generation or not self.active:
             return
         delay = self._reconnect_delay()
         logger.error(
@@ -206,13 +222,15 @@ class PulseConsumer:
             describe_error(exc, self.config),
             delay,
         )
-        self.hub.call_later(delay, self._reconnect)
+        self._timers.later(delay, self._reconnect)
 
     def _on_lost(self, generation: int, exc: BaseException) -> None:
         session = self.session
         if generation != self.generation or session is None:
             return
         self.session = None
+        if time.monotonic() - session.opened_at > self.HEALTHY_AFTER:
+            self._reconnect_delay = backoff_delays()
         delay = self._reconnect_delay()
         logger.warning(
             "Pulse connection lost (%s); %d unacknowledged messages will be redelivered by the "
@@ -221,11 +239,11 @@ class PulseConsumer:
             self.in_flight(session),
             delay,
         )
-        if not self.stopping:
-            self.hub.call_later(delay, self._reconnect)
+        if self.active:
+            self._timers.later(delay, self._reconnect)
 
     def _reconnect(self) -> None:
-        if not self.stopping and self.session is None:
+        if self.active and self.session is None:
             self._connect()
 
     @staticmethod
@@ -239,12 +257,14 @@ class PulseConsumer:
     def prefetch_for(self, plan: QueuePlan) -> int:
         """Prefetch per queue: Celery's own for tasks run here, the hand-off pipe's otherwise."""
         if all((b.ack or self.config.ack_policy) == "complete" for b in plan.bindings):
-            return max(1, getattr(self.c, "initial_prefetch_count", 0) or self.config.prefetch_count)
+            # Celery's full figure (concurrency x multiplier), not its current one, which it
+            # lowers for a while after a reconnect of its own.
+            return max(1, getattr(self.c, "max_prefetch_count", 0) or self.config.prefetch_count)
         return self.config.prefetch_count
 
     def _consume_if_ready(self) -> None:
         session = self.session
-        if session is None or not session.alive or session.consuming or self.paused or self.stopping:
+        if session is None or not session.alive or session.consuming or self.paused or not self.active:
             return
         if self.handoff is not None and not self.handoff.ready:
             logger.info("Pulse consumption waits for the hand-off connection to the Celery broker")
@@ -279,15 +299,14 @@ class PulseConsumer:
 
     def _on_handoff_failed(self, exc: BaseException) -> None:
         """Stop taking Pulse deliveries for a while instead of cycling them through requeue."""
-        if self.paused or self.stopping:
+        if self.paused or not self.active:
             return
         self.paused = True
         delay = self._pause_delay()
         logger.warning("Pulse consumption paused for %.1f s: the Celery broker refused a task message", delay)
         if self.session is not None:
             self._stop_consumers(self.session)
-        if self.hub is not None:
-            self.hub.call_later(delay, self._resume)
+        self._timers.later(delay, self._resume)
 
     def _resume(self) -> None:
         self.paused = False
@@ -298,11 +317,27 @@ class PulseConsumer:
     def stop(self) -> None:
         """Celery stops its consumer: for a restart, close; for a warm shutdown, only cancel."""
         if self.c.blueprint.state == bootsteps.CLOSE:
-            if self.session is not None:
-                logger.info("Warm shutdown: no new Pulse deliveries; finishing the ones in flight")
-                self._stop_consumers(self.session)
+            self._drain()
             return
         self._close("Celery's consumer is restarting")
+
+    def _drain(self) -> None:
+        """Warm shutdown: take no new deliveries; keep the connection for the last acks.
+
+        Nothing reads the sockets while the pool finishes its tasks (the event loop no longer
+        runs), so heartbeats are stopped too: a missed-heartbeat check would declare the
+        connection dead and drop those acks. The broker takes the acks as signs of life.
+        """
+        self.draining = True
+        self._timers.cancel_all()
+        session = self.session
+        if session is not None:
+            logger.info("Warm shutdown: no new Pulse deliveries; finishing the ones in flight")
+            self._stop_consumers(session)
+            if session.loop_connection is not None:
+                session.loop_connection.detach()
+        if self.handoff is not None:
+            self.handoff.detach()
 
     def shutdown(self) -> None:
         """The pool has drained: send the last acks, then close."""
@@ -313,11 +348,13 @@ class PulseConsumer:
     def _close(self, why: str) -> None:
         self.stopping = True
         self.generation += 1
+        self._timers.cancel_all()
         session, self.session = self.session, None
         if session is not None:
             logger.info(
-                "Closing the Pulse connection (%s); unacknowledged messages go back to their queues",
+                "Closing the Pulse connection (%s); %d unacknowledged messages go back to their queues",
                 why,
+                self.in_flight(session),
             )
             session.close()
         if self.handoff is not None:

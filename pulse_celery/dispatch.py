@@ -159,15 +159,24 @@ class Dispatcher:
         """Handle one delivery from ``plan``'s queue; never raises."""
         raw = raw_delivery(message)
         info = raw.delivery_info
+        try:
+            routes = cc_routes(raw.headers)
+            problem = None
+        except Exception as exc:  # a header py-amqp could not read as routes
+            routes, problem = (), exc
         meta = PulseMessage(
-            exchange=info.get("exchange", ""),
-            routing_key=info.get("routing_key", ""),
-            routes=cc_routes(raw.headers),
+            exchange=str(info.get("exchange", "")),
+            routing_key=str(info.get("routing_key", "")),
+            routes=routes,
             redelivered=bool(info.get("redelivered")),
             queue=plan.name,
         )
         delivery = PulseDelivery(raw.delivery_tag, meta, session)
         session.counts["delivered"] += 1
+        logger.debug("Pulse delivery %s from %s (%s)", raw.delivery_tag, meta.exchange, meta.routing_key)
+        if problem is not None:
+            self.reject_bad(delivery, BadMessage(f"unreadable CC header ({problem!r})"))
+            return
         try:
             binding, payload = self._decode(raw, meta, plan)
             task_message = build_task_message(self.app, binding.task_name, payload, meta, self.origin)

@@ -37,6 +37,32 @@ def backoff_delays(first: float = 1.0, maximum: float = 30.0) -> Callable[[], fl
     return next_delay
 
 
+class Timers:
+    """One-shot timers on the hub that can all be cancelled at once (on stop or restart)."""
+
+    def __init__(self, hub: Hub | None) -> None:
+        self.hub = hub
+        self._entries: set[Any] = set()
+
+    def later(self, delay: float, fun: Callable[..., Any], *args: Any) -> None:
+        if self.hub is None:
+            return
+        holder: list[Any] = []
+
+        def fire() -> None:
+            self._entries.discard(holder[0])
+            fun(*args)
+
+        entry = self.hub.call_later(delay, fire)
+        holder.append(entry)
+        self._entries.add(entry)
+
+    def cancel_all(self) -> None:
+        entries, self._entries = self._entries, set()
+        for entry in entries:
+            entry.cancel()
+
+
 def connect_in_background(
     hub: Hub,
     connect: Callable[[], Any],

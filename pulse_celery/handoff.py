@@ -11,8 +11,10 @@ transport) have no confirms: a publish that returns without error counts as conf
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from amqp import Message as AmqpMessage
@@ -21,7 +23,7 @@ from kombu import Connection, Producer, Queue
 from kombu.asynchronous import Hub
 
 from .errors import HandoffFailed
-from .eventloop import LoopConnection, backoff_delays, connect_in_background
+from .eventloop import LoopConnection, Timers, backoff_delays, connect_in_background
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +71,12 @@ class TaskMessage:
 
 
 class Handoff:
-    """Publish task messages to the Celery broker from the event loop, reporting each outcome."""
+    """Publish task messages to the Celery broker from the event loop, reporting each outcome.
+
+    One connection at a time: ``start`` does nothing while one is up or being made, and
+    every callback from a connect thread, a timer or a lost connection checks the generation
+    it belongs to, so a late one cannot replace or tear down the live connection.
+    """
 
     def __init__(self, app: Celery, hub: Hub | None, on_ready_changed: Callable[[bool], None]) -> None:
         self.app = app
@@ -86,7 +93,9 @@ class Handoff:
         self._returned: set[str] = set()
         self._declared: set[str] = set()
         self._next_delay = backoff_delays()
+        self._timers = Timers(hub)
         self._generation = 0
+        self._connecting = False
         self._closed = False
 
     # -- lifecycle ------------------------------------------------------------------
@@ -102,46 +111,57 @@ class Handoff:
     def start(self) -> None:
         """Connect to the Celery broker (in the background when there is an event loop)."""
         self._closed = False
-        self._generation += 1
-        if self.hub is None:
-            self._on_connected((self._generation, self._connect()))
+        if self._connection is not None or self._connecting:
             return
+        self._generation += 1
         generation = self._generation
+        if self.hub is None:
+            self._on_connected(generation, self._connect())
+            return
+        self._connecting = True
         connect_in_background(
             self.hub,
-            lambda: (generation, self._connect()),
-            self._on_connected,
-            self._on_connect_failed,
+            self._connect,
+            partial(self._on_connected, generation),
+            partial(self._on_connect_failed, generation),
             name="pulse-celery-handoff-connect",
         )
 
     def _connect(self) -> tuple[Connection, Any]:
-        connection = self.app.connection_for_write()
-        connection.ensure_connection(max_retries=1)
-        channel = None
-        if connection.transport.driver_type == "amqp":
-            channel = connection.channel()
-            channel.confirm_select()
+        # Confirms are collected asynchronously here; py-amqp's confirm_publish (which a
+        # user may set in broker_transport_options) would wait for each one instead.
+        connection = self.app.connection_for_write(transport_options={"confirm_publish": False})
+        try:
+            connection.ensure_connection(max_retries=1)
+            channel = None
+            if connection.transport.driver_type == "amqp":
+                channel = connection.channel()
+                channel.confirm_select()
+        except Exception:
+            connection.collect()
+            raise
         return connection, channel
 
-    def _on_connected(self, result: tuple[int, tuple[Connection, Any]]) -> None:
-        generation, (connection, channel) = result
-        if generation != self._generation or self._closed:
-            connection.release()
+    def _on_connected(self, generation: int, result: tuple[Connection, Any]) -> None:
+        connection, channel = result
+        if generation != self._generation or self._closed or self._connection is not None:
+            connection.collect()
             return
+        self._connecting = False
         self._connection = connection
         self._declared.clear()
+        self._returned.clear()
         self._next_delay = backoff_delays()
-        if connection.transport.driver_type == "amqp":
+        if channel is not None:
             self._confirms = True
             self._channel = channel
-            self._channel.events["basic_ack"].add(self._on_basic_ack)
-            self._channel.events["basic_nack"].add(self._on_basic_nack)
-            self._channel.events["basic_return"].add(self._on_basic_return)
+            channel.events["basic_ack"].add(self._on_basic_ack)
+            channel.events["basic_nack"].add(self._on_basic_nack)
+            channel.events["basic_return"].add(self._on_basic_return)
             self._seq = 0
             if self.hub is not None:
                 self._loop_connection = LoopConnection(
-                    connection, self.hub, self._on_lost, "Celery broker (hand-off)"
+                    connection, self.hub, partial(self._on_lost, generation), "Celery broker (hand-off)"
                 )
                 self._loop_connection.attach()
         else:
@@ -150,41 +170,48 @@ class Handoff:
         logger.info("Hand-off connection to the Celery broker %s is up", connection.as_uri())
         self._on_ready_changed(True)
 
-    def _on_connect_failed(self, exc: BaseException) -> None:
-        if self._closed:
+    def _on_connect_failed(self, generation: int, exc: BaseException) -> None:
+        if generation != self._generation or self._closed:
             return
+        self._connecting = False
         delay = self._next_delay()
         logger.warning(
             "Cannot reach the Celery broker for hand-off (%r); Pulse consumption waits; retrying in %.1f s",
             exc,
             delay,
         )
-        assert self.hub is not None
-        self.hub.call_later(delay, self.start)
+        self._timers.later(delay, self.start)
 
-    def _on_lost(self, exc: BaseException) -> None:
-        unconfirmed, self._unconfirmed = self._unconfirmed, {}
-        self._connection = None
-        self._loop_connection = None
-        self._producer = None
-        self._channel = None
+    def _on_lost(self, generation: int, exc: BaseException) -> None:
+        if generation != self._generation or self._connection is None:
+            return
+        count = len(self._unconfirmed)
+        self._forget(HandoffFailed(f"Celery broker connection lost: {exc!r}"))
         logger.warning(
             "Hand-off connection to the Celery broker lost (%r); %d unconfirmed task messages: their "
             "Pulse messages go back to the queue and will be handled again; reconnecting",
             exc,
-            len(unconfirmed),
+            count,
         )
         self._on_ready_changed(False)
-        failure = HandoffFailed(f"Celery broker connection lost: {exc!r}")
+        if not self._closed:
+            self._timers.later(self._next_delay(), self.start)
+
+    def _forget(self, failure: HandoffFailed) -> None:
+        """Drop the connection's state; every unconfirmed message is reported as failed."""
+        unconfirmed, self._unconfirmed = self._unconfirmed, {}
+        self._connection = self._loop_connection = self._producer = self._channel = None
         for _task_id, _ok, on_failed in unconfirmed.values():
             on_failed(failure)
-        if not self._closed and self.hub is not None:
-            self.hub.call_later(self._next_delay(), self.start)
+
+    def detach(self) -> None:
+        """Warm shutdown: stop reading and heartbeats; :meth:`flush` collects the last confirms."""
+        self._timers.cancel_all()
+        if self._loop_connection is not None:
+            self._loop_connection.detach()
 
     def flush(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for outstanding confirms (shutdown, no event loop)."""
-        import time
-
         deadline = time.monotonic() + timeout
         while self._unconfirmed and self._loop_connection is not None and time.monotonic() < deadline:
             self._loop_connection.drain(timeout=max(0.05, deadline - time.monotonic()))
@@ -192,21 +219,15 @@ class Handoff:
     def close(self) -> None:
         """Close the hand-off connection; unconfirmed messages are reported as failed."""
         self._closed = True
+        self._connecting = False
         self._generation += 1
+        self._timers.cancel_all()
         loop_connection, connection = self._loop_connection, self._connection
-        if loop_connection is not None or connection is not None:
-            self._on_lost_quietly()
+        self._forget(HandoffFailed("hand-off closed before the Celery broker confirmed"))
         if loop_connection is not None:
             loop_connection.close()
         elif connection is not None:
             connection.release()
-
-    def _on_lost_quietly(self) -> None:
-        unconfirmed, self._unconfirmed = self._unconfirmed, {}
-        self._connection = self._loop_connection = self._producer = self._channel = None
-        failure = HandoffFailed("hand-off closed before the Celery broker confirmed")
-        for _task_id, _ok, on_failed in unconfirmed.values():
-            on_failed(failure)
 
     # -- publishing -----------------------------------------------------------------
 
@@ -230,9 +251,10 @@ class Handoff:
     def _publish_confirmed(
         self, message: TaskMessage, route: Route, on_confirmed: OnConfirmed, on_failed: OnFailed
     ) -> None:
-        assert self._loop_connection is not None
-        lc = self._loop_connection
-        channel = self._channel
+        loop_connection, channel = self._loop_connection, self._channel
+        if loop_connection is None or not loop_connection.alive:
+            on_failed(HandoffFailed("no connection to the Celery broker"))
+            return
 
         def send() -> None:
             self._declare(route, channel)
@@ -249,12 +271,18 @@ class Handoff:
                 routing_key=route.routing_key,
                 mandatory=True,
             )
-            self._seq += 1
-            self._unconfirmed[self._seq] = (message.task_id, on_confirmed, on_failed)
 
-        lc.guard(send)
-        if not lc.alive and self._seq not in self._unconfirmed:
-            on_failed(HandoffFailed("Celery broker connection lost while publishing"))
+        # Registered before publishing: the confirm may be read while the publish is written.
+        # A connection error inside reports it through _on_lost -> _forget, exactly once.
+        seq = self._seq = self._seq + 1
+        self._unconfirmed[seq] = (message.task_id, on_confirmed, on_failed)
+        try:
+            loop_connection.guard(send)
+        except Exception:
+            # Not a connection error: nothing reached the broker, so its count did not move.
+            self._unconfirmed.pop(seq, None)
+            self._seq = seq - 1
+            raise
 
     def _publish_plain(
         self, message: TaskMessage, route: Route, on_confirmed: OnConfirmed, on_failed: OnFailed
@@ -275,8 +303,8 @@ class Handoff:
             )
         except Exception as exc:
             on_failed(HandoffFailed(f"publish to the Celery broker failed: {exc!r}"))
-            if self._connection is not None and exc.__class__ in self._connection.connection_errors:
-                self._on_lost(exc)
+            if self._connection is not None and isinstance(exc, self._connection.connection_errors):
+                self._on_lost(self._generation, exc)
             return
         on_confirmed()
 
@@ -306,11 +334,13 @@ class Handoff:
     def _on_basic_return(self, exc: Any, exchange: str, routing_key: str, message: Any) -> None:
         task_id = message.properties.get("correlation_id")
         logger.warning(
-            "Celery broker returned task message %s (exchange %r, routing key %r): %s",
+            "Celery broker returned task message %s (exchange %r, routing key %r): %s; its queue "
+            "will be declared again",
             task_id,
             exchange,
             routing_key,
             exc,
         )
+        self._declared.clear()  # the queue may have been deleted: declare it before the next publish
         if task_id:
             self._returned.add(task_id)

@@ -117,7 +117,7 @@ def cc_routes(headers: dict[str, Any] | None) -> tuple[str, ...]:
     cc = (headers or {}).get("CC") or (headers or {}).get("cc") or ()
     if isinstance(cc, (str, bytes)):
         cc = [cc]
-    return tuple(c.decode() if isinstance(c, bytes) else str(c) for c in cc)
+    return tuple(c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in cc)
 
 
 def _media_type(content_type: str | None) -> str:

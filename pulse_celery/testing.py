@@ -29,11 +29,13 @@ def publish(
     content_type: str = "application/json",
     content_encoding: str = "utf-8",
     headers: dict[str, Any] | None = None,
-    confirm: bool = True,
 ) -> None:
     """Publish ``body`` as Pulse publishers do; ``routes`` go in the ``CC`` header.
 
     ``body`` is JSON-encoded unless it is already ``bytes`` (to send bad input on purpose).
+    On a connection made with ``transport_options={"confirm_publish": True}`` (as
+    :meth:`PulseLikeBroker.admin_connection` makes it) this returns once the broker has the
+    message.
     """
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     all_headers = dict(headers or {})
@@ -173,12 +175,14 @@ class PulseLikeBroker:
         )
 
     def admin_connection(self) -> Connection:
+        """A connection with full rights on the vhost; publishes on it wait for the confirm."""
         return Connection(
             hostname=self.host,
             port=self.port,
             userid=self.admin_user,
             password=self.admin_password,
             virtual_host=self.vhost,
+            transport_options={"confirm_publish": True},
         )
 
     def queue_counts(self, name: str) -> tuple[int, int] | None:
