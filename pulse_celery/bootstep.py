@@ -325,8 +325,7 @@ class PulseConsumer:
         """Warm shutdown: take no new deliveries; keep the connection for the last acks.
 
         Nothing reads the sockets while the pool finishes its tasks (the event loop no longer
-        runs), so heartbeats are stopped too: a missed-heartbeat check would declare the
-        connection dead and drop those acks. The broker takes the acks as signs of life.
+        runs): the connections only send heartbeats then (see LoopConnection.stop_reading).
         """
         self.draining = True
         self._timers.cancel_all()
@@ -335,9 +334,9 @@ class PulseConsumer:
             logger.info("Warm shutdown: no new Pulse deliveries; finishing the ones in flight")
             self._stop_consumers(session)
             if session.loop_connection is not None:
-                session.loop_connection.detach()
+                session.loop_connection.stop_reading()
         if self.handoff is not None:
-            self.handoff.detach()
+            self.handoff.stop_reading()
 
     def shutdown(self) -> None:
         """The pool has drained: send the last acks, then close."""

@@ -101,6 +101,7 @@ class LoopConnection:
         self._on_lost = on_lost
         self._fd: int | None = None
         self._heartbeat_timer: Any = None
+        self._send_heartbeats_only = False
         self.alive = True
         amqp_connection = connection.connection
         self._amqp = amqp_connection
@@ -124,17 +125,31 @@ class LoopConnection:
             # Tick at twice the rate py-amqp expects, as Celery does for its own connection.
             self._heartbeat_timer = self.hub.call_repeatedly(heartbeat / 4.0, self._tick)
 
-    def detach(self) -> None:
-        """Take the socket off the loop and stop heartbeats; the connection stays open."""
+    def _remove_reader(self) -> None:
         if self._fd is not None:
             try:
                 self.hub.remove_reader(self._fd)
             except Exception:  # already gone with a hub reset
                 pass
             self._fd = None
+
+    def detach(self) -> None:
+        """Take the socket off the loop and stop heartbeats; the connection stays open."""
+        self._remove_reader()
         if self._heartbeat_timer is not None:
             self._heartbeat_timer.cancel()
             self._heartbeat_timer = None
+
+    def stop_reading(self) -> None:
+        """Warm shutdown: take the socket off the loop but keep sending heartbeats.
+
+        While the pool drains, Celery's prefork pool fires the loop's timers and ready
+        callbacks from one thread (the acks of finishing tasks among them); nothing reads
+        the socket then, so the missed-heartbeat check is off and only heartbeats are sent.
+        Without them the broker would close the connection and those acks would be lost.
+        """
+        self._send_heartbeats_only = True
+        self._remove_reader()
 
     def close(self) -> None:
         """Detach and close, ignoring errors of a connection that is already gone."""
@@ -197,8 +212,9 @@ class LoopConnection:
         if not self.alive:
             return
         try:
-            self._amqp.heartbeat_tick(rate=2)
-        except self.errors as exc:
-            self.lost(exc)
-        except Exception as exc:
+            if self._send_heartbeats_only:
+                self._amqp.send_heartbeat()
+            else:
+                self._amqp.heartbeat_tick(rate=2)
+        except Exception as exc:  # connection errors and anything else: this connection is done
             self.lost(exc)

@@ -204,11 +204,11 @@ class Handoff:
         for _task_id, _ok, on_failed in unconfirmed.values():
             on_failed(failure)
 
-    def detach(self) -> None:
-        """Warm shutdown: stop reading and heartbeats; :meth:`flush` collects the last confirms."""
+    def stop_reading(self) -> None:
+        """Warm shutdown: no more reading on the loop; :meth:`flush` collects the last confirms."""
         self._timers.cancel_all()
         if self._loop_connection is not None:
-            self._loop_connection.detach()
+            self._loop_connection.stop_reading()
 
     def flush(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for outstanding confirms (shutdown, no event loop)."""

@@ -119,3 +119,43 @@ def test_anonymous_queue_is_exclusive_and_dies_with_the_worker(pulse, celery_bro
         worker.stop()
     out = _rabbitmqctl("list_queues", "-p", pulse.vhost, "name")
     assert f"queue/{pulse.user}/" not in out
+
+
+@pytest.mark.rabbitmq
+def test_enqueue_acks_even_when_the_app_turns_on_blocking_publish_confirms(pulse, celery_broker, tmp_path):
+    # broker_transport_options={'confirm_publish': True} makes py-amqp wait for each confirm;
+    # the hand-off must not inherit it, or its own confirm tracking never sees the acks.
+    worker = faults_worker(pulse, celery_broker, tmp_path, BROKER_CONFIRM_PUBLISH=1).start()
+    queue = f"queue/{pulse.user}/faults"
+    try:
+        publish_ids(pulse, range(20))
+        assert wait_until(lambda: set(done_ids(tmp_path)) == set(range(20)), timeout=60), worker.log()
+        assert wait_until(lambda: pulse.queue_counts(queue) == (0, 0), timeout=30), pulse.queue_counts(queue)
+    finally:
+        worker.stop()
+
+
+@pytest.mark.rabbitmq
+def test_warm_shutdown_acks_tasks_that_finish_after_it_began_even_past_two_heartbeats(
+    pulse, celery_broker, tmp_path
+):
+    # Given tasks that outlast two Pulse heartbeat intervals (2 s), under complete
+    worker = faults_worker(
+        pulse, celery_broker, tmp_path, ACK_POLICY="complete", TASK_SECONDS=6, PULSE_HEARTBEAT=2
+    ).start()
+    queue = f"queue/{pulse.user}/faults"
+    publish_ids(pulse, range(6))
+    started = lambda: {r["id"] for r in read_records(tmp_path / "records.jsonl") if r["event"] == "start"}  # noqa: E731
+    assert wait_until(lambda: len(started()) >= 2, timeout=30), worker.log()
+    # When the worker gets SIGTERM while they run
+    assert worker.stop(timeout=120) == 0
+    # Then the tasks it finished were acked (not returned to the queue), and the rest wait there
+    done = set(done_ids(tmp_path))
+    assert started() <= done, "warm shutdown must let running tasks finish"
+    remaining = 6 - len(done)
+    assert wait_until(lambda: pulse.queue_counts(queue) == (remaining, 0), timeout=30), (
+        pulse.queue_counts(queue),
+        done,
+        worker.log()[-3000:],
+    )
+    assert "not sent: its channel is gone" not in worker.log()

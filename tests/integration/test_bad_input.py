@@ -16,7 +16,7 @@ from kombu import Exchange
 from pulse_celery.testing import publish
 
 from .conftest import TASK_COMPLETED
-from .harness import wait_until
+from .harness import read_records, wait_until
 from .test_acks import done_ids, faults_worker
 
 OTHER_EXCHANGE = "exchange/someone-else/v1/things"
@@ -74,3 +74,20 @@ def test_each_bad_message_is_rejected_and_logged_and_the_next_good_one_is_handle
     [line] = [r for r in rejections if "primary.unknown-exchange.0" in r]
     assert OTHER_EXCHANGE in line and "no binding" in line
     assert "Traceback" not in log
+
+
+@pytest.mark.rabbitmq
+def test_cc_route_that_is_not_utf8_is_read_with_replacement_and_does_not_stall_the_queue(
+    pulse, celery_broker, tmp_path
+):
+    worker = faults_worker(pulse, celery_broker, tmp_path).start()
+    try:
+        with pulse.admin_connection() as conn:
+            publish(conn, TASK_COMPLETED, "primary.odd-cc.0", {"id": 1}, headers={"CC": [b"route.\xff"]})
+            publish(conn, TASK_COMPLETED, "primary.next.0", {"id": 2})
+        assert wait_until(lambda: set(done_ids(tmp_path)) == {1, 2}, timeout=30), worker.log()
+    finally:
+        worker.stop()
+    [odd] = [r for r in read_records(tmp_path / "records.jsonl") if r["id"] == 1 and r["event"] == "done"]
+    assert odd["routes"] == ["route.\ufffd"]
+    assert "Pulse connection lost" not in worker.log()

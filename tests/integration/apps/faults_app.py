@@ -17,6 +17,9 @@ app = Celery("faults", broker=os.environ["CELERY_BROKER_URL"])
 app.conf.pulse_url = os.environ["PULSE_URL"]
 app.conf.pulse_heartbeat = float(os.environ.get("PULSE_HEARTBEAT", "10"))
 app.conf.worker_prefetch_multiplier = int(os.environ.get("PREFETCH_MULTIPLIER", "4"))
+if os.environ.get("BROKER_CONFIRM_PUBLISH"):
+    # What celery#5410 advises; pulse_celery must still collect its confirms asynchronously.
+    app.conf.broker_transport_options = {"confirm_publish": True}
 RECORD = os.environ["RECORD"]
 SECONDS = float(os.environ.get("TASK_SECONDS", "0"))
 QUEUE = None if os.environ.get("ANONYMOUS") else "faults"
@@ -25,8 +28,14 @@ EXCHANGE = os.environ.get("EXCHANGE", "exchange/taskcluster-queue/v1/task-comple
 
 def record(event, payload, **extra):
     meta = pulse_message()  # None when the task was sent the ordinary Celery way
-    redelivered = meta.redelivered if meta else None
-    line = {"event": event, "id": payload.get("id"), "redelivered": redelivered, "pid": os.getpid(), **extra}
+    line = {
+        "event": event,
+        "id": payload.get("id"),
+        "redelivered": meta.redelivered if meta else None,
+        "routes": list(meta.routes) if meta else None,
+        "pid": os.getpid(),
+        **extra,
+    }
     with open(RECORD, "a") as f:
         f.write(json.dumps(line) + "\n")
 
