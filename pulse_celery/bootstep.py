@@ -54,6 +54,8 @@ class Session:
         #: acks, rejects and requeues sent on this session's channel
         self.counts: Counter[str] = Counter()
         self.opened_at = time.monotonic()
+        #: queues currently over the depth warning
+        self.deep_queues: set[str] = set()
         self._closed = False
 
     @property
@@ -123,14 +125,26 @@ class PulseConsumer:
 
     def _check_policies(self) -> None:
         for binding in self.bindings:
-            if (binding.ack or self.config.ack_policy) == "complete":
-                task = self.app.tasks[binding.task_name]
-                if not task.acks_late:
-                    raise ConfigError(
-                        f"task {binding.task_name} has a Pulse binding with ack='complete' but "
-                        "acks_late is off, so Celery would ack the Pulse message when the task "
-                        "starts; declare it with @app.task(acks_late=True)"
-                    )
+            if (binding.ack or self.config.ack_policy) != "complete":
+                continue
+            task = self.app.tasks[binding.task_name]
+            if not task.acks_late:
+                raise ConfigError(
+                    f"task {binding.task_name} has a Pulse binding with ack='complete' but "
+                    "acks_late is off, so Celery would ack the Pulse message when the task "
+                    "starts; declare it with @app.task(acks_late=True)"
+                )
+            limit = task.time_limit or self.app.conf.task_time_limit
+            if limit and limit > self.config.consumer_timeout:
+                logger.warning(
+                    "Task %s may run %d s, longer than the broker's consumer_timeout (%d s): RabbitMQ "
+                    "would close the Pulse channel of a delivery unacked that long, and the message "
+                    "would run again; lower the task's time_limit or raise consumer_timeout on the "
+                    "broker (and pulse_consumer_timeout here)",
+                    binding.task_name,
+                    limit,
+                    self.config.consumer_timeout,
+                )
 
     @property
     def active(self) -> bool:
@@ -210,6 +224,7 @@ class PulseConsumer:
             self.config.safe_url(),
             ", ".join(f"{p.name} -> {p.task_name}" for p in plans),
         )
+        self._timers.later(self.config.depth_check_interval, self._check_depths, self.session)
         self._consume_if_ready()
 
     def _on_open_failed(self, generation: int, exc: BaseException) -> None:
@@ -273,16 +288,71 @@ class PulseConsumer:
 
     def _start_consumers(self, session: Session) -> None:
         for plan in session.plans:
-            # With global=False the limit applies to each consumer started after it.
-            session.channel.basic_qos(0, self.prefetch_for(plan), False)
-            tag = f"pulse-celery.{self.generation}.{len(session.consumers)}"
-            session.channel.basic_consume(
-                queue=plan.name,
-                no_ack=False,
-                callback=partial(self.dispatcher.on_message, plan=plan, session=session),
-                consumer_tag=tag,
-            )
-            session.consumers.append(tag)
+            self._consume(session, plan)
+
+    def _consume(self, session: Session, plan: QueuePlan) -> None:
+        # With global=False the limit applies to each consumer started after it.
+        session.channel.basic_qos(0, self.prefetch_for(plan), False)
+        tag = f"pulse-celery.{self.generation}.{plan.name}"
+        session.channel.basic_consume(
+            queue=plan.name,
+            no_ack=False,
+            callback=partial(self.dispatcher.on_message, plan=plan, session=session),
+            consumer_tag=tag,
+            on_cancel=partial(self._on_cancelled_by_broker, session, plan),
+        )
+        session.consumers.append(tag)
+
+    def _on_cancelled_by_broker(self, session: Session, plan: QueuePlan, tag: str) -> None:
+        """The broker cancelled our consumer: the queue was deleted (Pulse Guardian does that)."""
+        if tag in session.consumers:
+            session.consumers.remove(tag)
+        logger.error(
+            "Pulse queue %s was deleted under this worker (Pulse Guardian deletes queues that grow "
+            "past its limit): messages published to its exchanges while it was gone are LOST for "
+            "this consumer, and unacknowledged ones it held are gone with it; declaring the queue "
+            "and its bindings again",
+            plan.name,
+        )
+        if self.hub is not None:
+            self.hub.call_soon(self._redeclare, session, plan)
+
+    def _redeclare(self, session: Session, plan: QueuePlan) -> None:
+        if session is not self.session or not session.alive or not self.active:
+            return
+
+        def redeclare() -> None:
+            kombu_queue(self.config, plan).bind(session.channel).declare()
+            if not self.paused:
+                self._consume(session, plan)
+            logger.warning("Pulse queue %s declared again with its bindings; consuming", plan.name)
+
+        session.guard(redeclare)
+
+    def _check_depths(self, session: Session) -> None:
+        """Warn well below Guardian's thresholds, once per crossing, while messages pile up."""
+        if session is not self.session or not session.alive or not self.active:
+            return
+        for plan in session.plans:
+            declared = session.guard(session.channel.queue_declare, plan.name, True)
+            if declared is None:
+                return  # the session is gone
+            depth = declared.message_count + self.in_flight(session)
+            was_deep = plan.name in session.deep_queues
+            if depth >= self.config.queue_warn_depth and not was_deep:
+                session.deep_queues.add(plan.name)
+                logger.warning(
+                    "Pulse queue %s holds %d messages (warning at %d; Pulse Guardian warns at 2,000 "
+                    "and deletes the queue at 8,000 by default): add workers, or set "
+                    "pulse_queue_max_length",
+                    plan.name,
+                    depth,
+                    self.config.queue_warn_depth,
+                )
+            elif depth < self.config.queue_warn_depth // 2 and was_deep:
+                session.deep_queues.discard(plan.name)
+                logger.info("Pulse queue %s is back to %d messages", plan.name, depth)
+        self._timers.later(self.config.depth_check_interval, self._check_depths, session)
 
     def _stop_consumers(self, session: Session) -> None:
         tags, session.consumers = session.consumers, []

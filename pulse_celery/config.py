@@ -51,6 +51,16 @@ class PulseConfig:
     ssl_ca_certs: str | None = None
     #: Allow plain ``amqp://`` to a host that is not loopback.
     allow_insecure: bool = False
+    #: ``x-max-length`` of named queues: the broker drops the oldest messages past it,
+    #: which keeps Pulse Guardian from deleting the queue. None: no limit.
+    queue_max_length: int | None = None
+    #: Warn when a queue holds this many messages (ready + in flight here); Guardian warns
+    #: its owner at 2,000 and deletes the queue at 8,000 by default.
+    queue_warn_depth: int = 1000
+    #: Seconds between two depth checks of each queue.
+    depth_check_interval: float = 30.0
+    #: The broker's consumer_timeout in seconds (RabbitMQ's default: 30 minutes).
+    consumer_timeout: float = 1800.0
 
     @property
     def use_ssl(self) -> bool:
@@ -181,11 +191,17 @@ def load_config(conf: Mapping[str, Any], environ: Mapping[str, str] | None = Non
         max_body_size=int(_setting(conf, "max_body_size", 1024 * 1024)),
         ssl_ca_certs=_setting(conf, "ssl_ca_certs"),
         allow_insecure=bool(_setting(conf, "allow_insecure", False)),
+        queue_max_length=_setting(conf, "queue_max_length"),
+        queue_warn_depth=int(_setting(conf, "queue_warn_depth", 1000)),
+        depth_check_interval=float(_setting(conf, "depth_check_interval", 30.0)),
+        consumer_timeout=float(_setting(conf, "consumer_timeout", 1800.0)),
     )
     if config.ack_policy not in ACK_POLICIES:
         raise ConfigError(f"pulse_ack_policy {config.ack_policy!r} is not one of {ACK_POLICIES}")
     if config.queue_type not in QUEUE_TYPES:
         raise ConfigError(f"pulse_queue_type {config.queue_type!r} is not one of {QUEUE_TYPES}")
+    if config.queue_max_length is not None and int(config.queue_max_length) < 1:
+        raise ConfigError("pulse_queue_max_length must be a positive number of messages, or None")
     if config.prefetch_count < 1:
         raise ConfigError("pulse_prefetch_count must be at least 1 (0 would mean unlimited)")
     if url.startswith("amqp://") and not _is_loopback(config.host) and not config.allow_insecure:

@@ -105,5 +105,7 @@ def kombu_queue(config: PulseConfig, plan: QueuePlan) -> Queue:
     ]
     if plan.anonymous:
         return Queue(plan.name, bindings=bindings, exclusive=True, auto_delete=True, durable=False)
-    arguments = {"x-queue-type": "quorum"} if plan.queue_type == "quorum" else {}
+    arguments: dict[str, object] = {"x-queue-type": "quorum"} if plan.queue_type == "quorum" else {}
+    if config.queue_max_length is not None:
+        arguments["x-max-length"] = int(config.queue_max_length)
     return Queue(plan.name, bindings=bindings, durable=True, auto_delete=False, queue_arguments=arguments)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import pytest
@@ -93,3 +94,51 @@ def test_gevent_pool_is_refused_with_the_fix_and_runs_with_no_pulse(pulse, celer
         assert wait_until(lambda: done_ids(tmp_path) == Counter({5: 1}), timeout=30), worker.log()
     finally:
         worker.stop()
+
+
+@pytest.mark.rabbitmq
+def test_queue_deleted_under_the_consumer_is_declared_again_and_consumption_goes_on(
+    pulse, celery_broker, tmp_path
+):
+    # Given a worker consuming its queue
+    worker = faults_worker(pulse, celery_broker, tmp_path).start()
+    queue = f"queue/{pulse.user}/faults"
+    try:
+        publish_ids(pulse, [1])
+        assert wait_until(lambda: done_ids(tmp_path) == Counter({1: 1}), timeout=30)
+        # When the queue is deleted, as Pulse Guardian deletes an overgrown queue
+        with pulse.admin_connection() as conn:
+            conn.default_channel.queue_delete(queue)
+        # Then the worker says loudly what was lost, declares queue and bindings again
+        assert worker.wait_for_log("was deleted under this worker", timeout=30), worker.log()
+        assert worker.wait_for_log("declared again with its bindings", timeout=30), worker.log()
+        # and messages published from then on are handled
+        publish_ids(pulse, [2, 3])
+        assert wait_until(lambda: done_ids(tmp_path) == Counter({1: 1, 2: 1, 3: 1}), timeout=30), worker.log()
+        assert worker.alive
+    finally:
+        worker.stop()
+    assert "Traceback" not in worker.log()
+
+
+@pytest.mark.rabbitmq
+def test_depth_warning_is_logged_once_when_the_queue_backs_up(pulse, celery_broker, tmp_path):
+    # Given slow tasks run here, few at a time, and a low warning depth
+    worker = faults_worker(
+        pulse,
+        celery_broker,
+        tmp_path,
+        ACK_POLICY="complete",
+        TASK_SECONDS=1,
+        PULSE_QUEUE_WARN_DEPTH=20,
+        PULSE_DEPTH_CHECK_INTERVAL=1,
+    ).start()
+    try:
+        # When 60 messages arrive at once
+        publish_ids(pulse, range(60))
+        # Then one warning names the queue and Guardian's thresholds
+        assert worker.wait_for_log("Pulse Guardian warns at 2,000", timeout=30), worker.log()
+        time.sleep(3)
+        assert worker.log().count("Pulse Guardian warns at 2,000") == 1
+    finally:
+        worker.kill()

@@ -1,0 +1,115 @@
+"""Real broker faults while messages flow: nothing is lost and the worker stays up.
+
+Each scenario publishes a known set of messages (the publisher retries until the broker
+confirms each one, as a real Pulse publisher does), injects the fault, and checks at the end:
+every message ran its task at least once, duplicates stay within what the fault can cause
+(the deliveries in flight at that moment), the Pulse queue holds 0 ready and 0 unacked, and
+the worker process is still alive.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+from kombu import Connection
+
+from pulse_celery.testing import _rabbitmqctl, publish
+
+from .conftest import TASK_COMPLETED
+from .harness import wait_until
+from .test_acks import done_ids, faults_worker
+
+PREFETCH = 200  # pulse_prefetch_count default: the most a single fault can put back in flight
+
+
+class RetryingPublisher(threading.Thread):
+    """Publish ids 0..n-1 in order; each one is retried until the broker confirms it."""
+
+    def __init__(self, pulse, n: int, pace: float = 0.0) -> None:
+        super().__init__(daemon=True)
+        self.pulse, self.n, self.pace = pulse, n, pace
+        self.sent = 0
+        self.retries = 0
+
+    def run(self) -> None:
+        conn: Connection | None = None
+        i = 0
+        while i < self.n:
+            try:
+                if conn is None:
+                    conn = self.pulse.admin_connection()
+                    conn.ensure_connection(max_retries=1)
+                publish(conn, TASK_COMPLETED, f"primary.task{i}.0", {"id": i})
+                i += 1
+                self.sent = i
+                if self.pace:
+                    time.sleep(self.pace)
+            except Exception:
+                self.retries += 1
+                if conn is not None:
+                    conn.collect()
+                conn = None
+                time.sleep(0.5)
+        if conn is not None:
+            conn.release()
+
+
+def assert_nothing_lost(tmp_path, pulse, worker, n: int, faults: int) -> None:
+    queue = f"queue/{pulse.user}/faults"
+    assert wait_until(lambda: set(done_ids(tmp_path)) >= set(range(n)), timeout=180), (
+        sorted(set(range(n)) - set(done_ids(tmp_path)))[:20],
+        worker.log()[-3000:],
+    )
+    assert wait_until(lambda: pulse.queue_counts(queue) == (0, 0), timeout=60), pulse.queue_counts(queue)
+    assert worker.alive
+    duplicates = sum(count - 1 for count in done_ids(tmp_path).values())
+    assert duplicates <= faults * PREFETCH, duplicates
+
+
+def restart_broker() -> None:
+    _rabbitmqctl("stop_app")
+    time.sleep(3)
+    _rabbitmqctl("start_app")
+    _rabbitmqctl("await_startup")
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.parametrize("policy", ["enqueue", "complete"])
+def test_broker_restart_mid_stream_loses_nothing(pulse, celery_broker, tmp_path, policy):
+    # Given a worker consuming a steady stream
+    worker = faults_worker(pulse, celery_broker, tmp_path, ACK_POLICY=policy, PULSE_HEARTBEAT=5).start()
+    publisher = RetryingPublisher(pulse, 600, pace=0.005)
+    publisher.start()
+    try:
+        assert wait_until(lambda: len(done_ids(tmp_path)) >= 100, timeout=60), worker.log()
+        # When the broker (Pulse and Celery's, here the same node) stops and starts again
+        restart_broker()
+        publisher.join(timeout=180)
+        # Then every message is handled, the queue ends empty and the worker is alive
+        assert_nothing_lost(tmp_path, pulse, worker, 600, faults=1)
+        assert "Unrecoverable error" not in worker.log()
+    finally:
+        worker.stop(timeout=120)
+
+
+@pytest.mark.rabbitmq
+def test_connections_closed_ten_times_during_a_thousand_messages_loses_nothing(
+    pulse, celery_broker, tmp_path
+):
+    worker = faults_worker(pulse, celery_broker, tmp_path, PULSE_HEARTBEAT=5).start()
+    publisher = RetryingPublisher(pulse, 1000, pace=0.002)
+    publisher.start()
+    rng = random.Random(20261128)
+    try:
+        for _ in range(10):
+            time.sleep(rng.uniform(0.2, 1.5))
+            # Every connection on the node: Pulse's, Celery's, the hand-off's, the publisher's.
+            _rabbitmqctl("close_all_connections", "--global", "fault injected by test")
+        publisher.join(timeout=180)
+        assert_nothing_lost(tmp_path, pulse, worker, 1000, faults=10)
+        assert worker.log().count("Connected to Pulse") >= 2
+    finally:
+        worker.stop(timeout=120)
