@@ -111,8 +111,8 @@ class PulseConsumer:
         self.bindings = app_bindings(app)
         plan_queues(config, self.bindings)  # validate now: a bad binding fails the worker start
         self._check_policies()
-        needs_handoff = any((b.ack or config.ack_policy) == "enqueue" for b in self.bindings)
-        self.handoff = Handoff(app, self.hub, self._on_handoff_ready) if needs_handoff else None
+        # Task messages (enqueue) and dead letters (both policies) go through the hand-off.
+        self.handoff = Handoff(app, self.hub, self._on_handoff_ready)
         self.dispatcher = Dispatcher(app, config, c, self.handoff, self._on_handoff_failed)
         self.session: Session | None = None
         self.generation = 0

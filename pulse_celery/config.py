@@ -61,6 +61,9 @@ class PulseConfig:
     depth_check_interval: float = 30.0
     #: The broker's consumer_timeout in seconds (RabbitMQ's default: 30 minutes).
     consumer_timeout: float = 1800.0
+    #: A message delivered this many times without an ack goes to the dead-letter store
+    #: instead of running again (counted by quorum queues: x-delivery-count).
+    max_deliveries: int = 5
 
     @property
     def use_ssl(self) -> bool:
@@ -195,6 +198,7 @@ def load_config(conf: Mapping[str, Any], environ: Mapping[str, str] | None = Non
         queue_warn_depth=int(_setting(conf, "queue_warn_depth", 1000)),
         depth_check_interval=float(_setting(conf, "depth_check_interval", 30.0)),
         consumer_timeout=float(_setting(conf, "consumer_timeout", 1800.0)),
+        max_deliveries=int(_setting(conf, "max_deliveries", 5)),
     )
     if config.ack_policy not in ACK_POLICIES:
         raise ConfigError(f"pulse_ack_policy {config.ack_policy!r} is not one of {ACK_POLICIES}")

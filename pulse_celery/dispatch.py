@@ -24,6 +24,7 @@ from vine import promise
 
 from .bindings import Binding
 from .config import PulseConfig
+from .deadletters import as_task_message, dead_letter_route, make_dead_letter
 from .errors import BadMessage, HandoffFailed, NoMatchingBinding
 from .handoff import Handoff, Route, TaskMessage, resolve_route
 from .message import HEADER, PulseMessage, RawDelivery, cc_routes, check_content, decode_body, raw_delivery
@@ -39,10 +40,11 @@ class PulseDelivery:
     put the message back in the queue and will deliver it again.
     """
 
-    __slots__ = ("delivery_tag", "meta", "session", "settled")
+    __slots__ = ("delivery_tag", "meta", "raw", "session", "settled")
 
-    def __init__(self, delivery_tag: int, meta: PulseMessage, session: Any) -> None:
-        self.delivery_tag = delivery_tag
+    def __init__(self, raw: RawDelivery, meta: PulseMessage, session: Any) -> None:
+        self.delivery_tag = raw.delivery_tag
+        self.raw = raw
         self.meta = meta
         self.session = session
         self.settled = False
@@ -76,7 +78,9 @@ class PulseDelivery:
 class TaskDeliveryMessage(Message):
     """A task-protocol-2 message whose ack and reject go to the Pulse delivery behind it."""
 
-    def __init__(self, delivery: PulseDelivery, task_message: TaskMessage, route: Route) -> None:
+    def __init__(
+        self, delivery: PulseDelivery, task_message: TaskMessage, route: Route, dispatcher: Dispatcher
+    ) -> None:
         super().__init__(
             body=task_message.body,
             delivery_tag=delivery.delivery_tag,
@@ -93,13 +97,22 @@ class TaskDeliveryMessage(Message):
             headers=task_message.headers,
         )
         self.delivery = delivery
+        self.dispatcher = dispatcher
+        self.task_name = task_message.headers["task"]
 
     def ack(self, multiple: bool = False) -> None:
         self.delivery.ack()
         self._state = "ACK"
 
     def reject(self, requeue: bool = False) -> None:
-        self.delivery.reject(requeue)
+        if requeue:
+            self.delivery.reject(requeue=True)
+        else:
+            # Celery gave up on it (acks_on_failure_or_timeout=False, Reject(requeue=False), ...):
+            # keep it rather than let the broker drop it.
+            self.dispatcher.dead_letter(
+                self.delivery, self.task_name, "rejected-by-task", "Celery rejected it without requeue"
+            )
         self._state = "REQUEUED" if requeue else "REJECTED"
 
     def requeue(self) -> None:
@@ -110,6 +123,14 @@ class TaskDeliveryMessage(Message):
 
     def reject_log_error(self, logger: Any, errors: Any, requeue: bool = False) -> None:
         self.reject(requeue)
+
+
+def _delivery_count(headers: dict[str, Any]) -> int:
+    """How many times the broker delivered this message before (quorum queues count them)."""
+    try:
+        return int(headers.get("x-delivery-count") or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def build_task_message(
@@ -145,6 +166,7 @@ class Dispatcher:
         self.on_handoff_failed = on_handoff_failed
         self.origin = getattr(consumer, "hostname", None) or "pulse-celery"
         self._routes: dict[str, Route] = {}
+        self.dead_letter_route = dead_letter_route(app)
 
     def policy(self, binding: Binding) -> str:
         return binding.ack or self.config.ack_policy
@@ -171,21 +193,35 @@ class Dispatcher:
             redelivered=bool(info.get("redelivered")),
             queue=plan.name,
         )
-        delivery = PulseDelivery(raw.delivery_tag, meta, session)
+        delivery = PulseDelivery(raw, meta, session)
         session.counts["delivered"] += 1
         logger.debug("Pulse delivery %s from %s (%s)", raw.delivery_tag, meta.exchange, meta.routing_key)
         if problem is not None:
-            self.reject_bad(delivery, BadMessage(f"unreadable CC header ({problem!r})"))
+            self.dead_letter(
+                delivery, plan.task_name, BadMessage.reason, f"unreadable CC header ({problem!r})"
+            )
             return
         try:
             binding, payload = self._decode(raw, meta, plan)
             task_message = build_task_message(self.app, binding.task_name, payload, meta, self.origin)
             if self.policy(binding) == "complete":
+                # Runs here: a message that kills the worker each time must not loop forever.
+                # (Under enqueue, returns mostly mean the Celery broker refused; not poison.)
+                deliveries = _delivery_count(raw.headers)
+                if deliveries >= self.config.max_deliveries:
+                    self.dead_letter(
+                        delivery,
+                        binding.task_name,
+                        "too-many-deliveries",
+                        f"delivered {deliveries + 1} times (pulse_max_deliveries is "
+                        f"{self.config.max_deliveries}); no try ended in an ack, e.g. the worker died",
+                    )
+                    return
                 self._run_here(delivery, binding, task_message)
             else:
                 self._enqueue(delivery, binding, task_message)
         except BadMessage as exc:
-            self.reject_bad(delivery, exc)
+            self.dead_letter(delivery, plan.task_name, exc.reason, str(exc))
         except Exception:
             logger.exception(
                 "Unexpected error handling a Pulse message from %s (%s); it goes back to the queue",
@@ -205,18 +241,45 @@ class Dispatcher:
         )
         return binding, decode_body(raw.body)
 
-    def reject_bad(self, delivery: PulseDelivery, exc: BadMessage) -> None:
-        meta = delivery.meta
+    def dead_letter(self, delivery: PulseDelivery, task_name: str, reason: str, detail: str) -> None:
+        """Keep ``delivery`` in the dead-letter store, then ack it; requeue it if that fails."""
+        meta, raw = delivery.meta, delivery.raw
+        letter = make_dead_letter(
+            reason=reason,
+            detail=detail,
+            meta=meta,
+            task=task_name,
+            headers=raw.headers,
+            content_type=raw.content_type,
+            content_encoding=raw.content_encoding,
+            body=raw.body,
+        )
         logger.error(
-            "Rejected Pulse message from exchange %s, routing key %s, queue %s: %s (%s); it is "
-            "dropped, not requeued",
+            "Dead-lettered Pulse message from exchange %s, routing key %s, queue %s: %s (%s); kept as "
+            "%s in %s on the Celery broker ('pulse-celery dead-letters list' shows it)",
             meta.exchange,
             meta.routing_key,
             meta.queue,
-            exc,
-            exc.reason,
+            detail,
+            reason,
+            letter.id,
+            self.dead_letter_route.routing_key,
         )
-        delivery.reject(requeue=False)
+        if self.handoff is None:  # no store to keep it in: never ack what was not kept
+            delivery.reject(requeue=True)
+            return
+
+        def on_failed(exc: BaseException) -> None:
+            logger.warning(
+                "Dead letter %s not confirmed by the Celery broker (%s); the Pulse message goes back "
+                "to the queue",
+                letter.id,
+                exc,
+            )
+            delivery.reject(requeue=True)
+            self.on_handoff_failed(exc)
+
+        self.handoff.publish(as_task_message(letter), self.dead_letter_route, delivery.ack, on_failed)
 
     def _enqueue(self, delivery: PulseDelivery, binding: Binding, task_message: TaskMessage) -> None:
         assert self.handoff is not None
@@ -237,7 +300,7 @@ class Dispatcher:
 
     def _run_here(self, delivery: PulseDelivery, binding: Binding, task_message: TaskMessage) -> None:
         c = self.consumer
-        message = TaskDeliveryMessage(delivery, task_message, self.route(binding.task_name))
+        message = TaskDeliveryMessage(delivery, task_message, self.route(binding.task_name), self)
         try:
             strategy = c.strategies[binding.task_name]
         except KeyError:

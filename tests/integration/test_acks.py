@@ -36,6 +36,13 @@ def faults_worker(pulse, celery_broker, tmp_path, pool="prefork", concurrency=2,
     )
 
 
+def store_app(celery_broker):
+    """A client app on the test's Celery broker, to read the dead-letter store."""
+    from celery import Celery
+
+    return Celery("client", broker=celery_broker.url, set_as_current=False)
+
+
 def publish_ids(pulse, ids, exchange=TASK_COMPLETED):
     with pulse.admin_connection() as conn:
         for i in ids:

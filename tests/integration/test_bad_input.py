@@ -1,8 +1,8 @@
 """Bad input never crashes the worker and is never silently lost.
 
 Given a running worker, when each kind of bad message arrives, followed by a good one,
-then the bad one is rejected without requeue and logged once with its exchange, routing key
-and reason, the good one is still handled, and the Pulse queue ends empty.
+then the bad one goes to the dead-letter store (with reason, exchange, routing key and
+headers), is logged once, the good one is still handled, and the Pulse queue ends empty.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import pickle
 import pytest
 from kombu import Exchange
 
+from pulse_celery.deadletters import list_dead_letters
 from pulse_celery.testing import publish
 
 from .conftest import TASK_COMPLETED
 from .harness import read_records, wait_until
-from .test_acks import done_ids, faults_worker
+from .test_acks import done_ids, faults_worker, store_app
 
 OTHER_EXCHANGE = "exchange/someone-else/v1/things"
 
@@ -65,8 +66,19 @@ def test_each_bad_message_is_rejected_and_logged_and_the_next_good_one_is_handle
         worker.stop()
 
     assert done_ids(tmp_path) == {i: 1 for i in good}, "a bad message ran, or a good one ran twice"
+    letters = {letter.routing_key: letter for letter in list_dead_letters(store_app(celery_broker))}
+    assert sorted(letters) == sorted(
+        [f"primary.{name}.0" for name, *_ in BAD_INPUTS] + ["primary.unknown-exchange.0"]
+    )
+    for name, body, options, reason in BAD_INPUTS:
+        letter = letters[f"primary.{name}.0"]
+        assert (letter.exchange, letter.body, letter.queue) == (TASK_COMPLETED, body, queue)
+        assert reason in letter.detail
+        assert letter.content_type == options.get("content_type", "application/json")
+    assert letters["primary.gzip-header.0"].headers["compression"] == "application/x-gzip"
+    assert letters["primary.unknown-exchange.0"].reason == "no-binding"
     log = worker.log()
-    rejections = [line for line in log.splitlines() if "Rejected Pulse message" in line]
+    rejections = [line for line in log.splitlines() if "Dead-lettered Pulse message" in line]
     assert len(rejections) == len(BAD_INPUTS) + 1, "\n".join(rejections)
     for name, _, _, reason in BAD_INPUTS:
         [line] = [r for r in rejections if f"primary.{name}.0" in r]

@@ -43,8 +43,10 @@ def record(event, payload, **extra):
 
 
 @pulse_binding(EXCHANGE, "primary.#", queue=QUEUE, ack=os.environ.get("ACK_POLICY", "enqueue"))
-@app.task(acks_late=True)
+@app.task(acks_late=True, reject_on_worker_lost=True)
 def handle(payload):
     record("start", payload)
+    if payload.get("crash"):
+        os._exit(1)  # the pool process dies mid-task, as with a segfault or the OOM killer
     time.sleep(SECONDS)
     record("done", payload)

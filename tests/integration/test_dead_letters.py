@@ -1,0 +1,110 @@
+"""Poison messages never loop and are never silently lost; dead letters can be listed and replayed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from pulse_celery.deadletters import list_dead_letters
+from pulse_celery.testing import publish
+
+from .conftest import TASK_COMPLETED
+from .harness import ROOT, read_records, wait_until
+from .test_acks import APPS, done_ids, faults_worker, publish_ids, store_app
+
+
+def cli(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "pulse_celery.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=APPS,
+        env=env,
+        check=False,
+    )
+
+
+@pytest.mark.rabbitmq
+def test_message_that_kills_the_worker_each_time_is_dead_lettered_after_the_delivery_limit(
+    pulse, celery_broker, tmp_path
+):
+    # Given the complete policy and a message whose task kills its pool process every time
+    worker = faults_worker(pulse, celery_broker, tmp_path, ACK_POLICY="complete").start()
+    queue = f"queue/{pulse.user}/faults"
+    try:
+        with pulse.admin_connection() as conn:
+            publish(conn, TASK_COMPLETED, "primary.poison.0", {"id": 1, "crash": True})
+        publish_ids(pulse, [2])
+        # Then after pulse_max_deliveries (5) tries it is kept in the dead-letter store, not run again
+        assert worker.wait_for_log("too-many-deliveries", timeout=120), worker.log()[-3000:]
+        assert wait_until(lambda: pulse.queue_counts(queue) == (0, 0), timeout=30)
+        assert done_ids(tmp_path) == Counter({2: 1})
+        assert worker.alive
+    finally:
+        worker.stop()
+    starts = [r for r in read_records(tmp_path / "records.jsonl") if r["id"] == 1]
+    assert len(starts) == 5
+    [letter] = list_dead_letters(store_app(celery_broker))
+    assert (letter.reason, letter.routing_key, json.loads(letter.body)) == (
+        "too-many-deliveries",
+        "primary.poison.0",
+        {"id": 1, "crash": True},
+    )
+    assert letter.headers["x-delivery-count"] == 5
+
+
+@pytest.mark.rabbitmq
+def test_dead_letters_are_listed_shown_replayed_and_dropped_from_the_command_line(
+    pulse, celery_broker, tmp_path
+):
+    # Given two dead letters: one whose task raised and was rejected, one undecodable
+    worker = faults_worker(pulse, celery_broker, tmp_path, ACK_POLICY="complete").start()
+    try:
+        with pulse.admin_connection() as conn:
+            publish(conn, TASK_COMPLETED, "primary.broken.0", b"{not json")
+            publish(conn, TASK_COMPLETED, "primary.poison.0", {"id": 7, "crash": True})
+        assert wait_until(lambda: len(list_dead_letters(store_app(celery_broker))) == 2, timeout=120)
+    finally:
+        worker.stop()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": f"{APPS}:{ROOT}",
+        "CELERY_BROKER_URL": celery_broker.url,
+        "PULSE_URL": pulse.url,
+        "RECORD": str(tmp_path / "records.jsonl"),
+    }
+    listed = cli("dead-letters", "list", "-A", "faults_app", env=env)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert len(lines) == 2 and "2 dead letter(s)" in listed.stderr
+    ids = {line.split()[-1]: line.split()[0] for line in lines}  # routing key -> id
+    assert set(ids) == {"primary.broken.0", "primary.poison.0"}
+
+    shown = cli("dead-letters", "show", "-A", "faults_app", ids["primary.broken.0"], env=env)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["body"] == "{not json"
+
+    # When the poison one is replayed (say the bug is fixed), its payload runs through Celery
+    replayed = cli("dead-letters", "replay", "-A", "faults_app", ids["primary.poison.0"], env=env)
+    assert replayed.returncode == 0 and "replayed 1" in replayed.stdout, replayed.stderr
+    from celery import Celery
+
+    app = Celery("client", broker=celery_broker.url, set_as_current=False)
+    with app.connection_for_write() as conn:
+        message = conn.default_channel.basic_get("celery", no_ack=True)
+    assert message is not None and json.loads(message.body)[0] == [{"id": 7, "crash": True}]
+    assert message.headers["pulse"]["redelivered"] is True
+
+    # An undecodable one cannot be replayed; it can be dropped
+    refused = cli("dead-letters", "replay", "-A", "faults_app", ids["primary.broken.0"], env=env)
+    assert refused.returncode != 0 and "not replayed" in refused.stderr
+    dropped = cli("dead-letters", "drop", "-A", "faults_app", ids["primary.broken.0"], env=env)
+    assert dropped.returncode == 0 and "dropped 1" in dropped.stdout
+    assert list_dead_letters(store_app(celery_broker)) == []
+
+    missing = cli("dead-letters", "list", "-A", "no_such_module", env=env)
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
