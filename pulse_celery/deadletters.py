@@ -48,8 +48,11 @@ class DeadLetter:
     headers: dict[str, Any]
     content_type: str | None
     content_encoding: str | None
-    #: The body exactly as Pulse delivered it, base64-encoded.
+    #: The body as Pulse delivered it, base64-encoded (cut to ``max_body`` bytes if larger).
     body_base64: str
+    #: Size of the delivered body; more than the kept one when ``truncated``.
+    body_size: int = 0
+    truncated: bool = False
     stored_at: float = field(default_factory=time.time)
 
     @property
@@ -87,7 +90,9 @@ def make_dead_letter(
     content_type: str | None,
     content_encoding: str | None,
     body: bytes,
+    max_body: int,
 ) -> DeadLetter:
+    """Describe a delivery for the store; a body over ``max_body`` bytes is kept only in part."""
     return DeadLetter(
         id=uuid.uuid4().hex,
         reason=reason,
@@ -101,7 +106,9 @@ def make_dead_letter(
         headers=_json_safe(headers),
         content_type=content_type,
         content_encoding=content_encoding,
-        body_base64=base64.b64encode(body).decode(),
+        body_base64=base64.b64encode(body[:max_body]).decode(),
+        body_size=len(body),
+        truncated=len(body) > max_body,
     )
 
 

@@ -253,6 +253,7 @@ class Dispatcher:
             content_type=raw.content_type,
             content_encoding=raw.content_encoding,
             body=raw.body,
+            max_body=self.config.max_body_size,
         )
         logger.error(
             "Dead-lettered Pulse message from exchange %s, routing key %s, queue %s: %s (%s); kept as "

@@ -34,6 +34,17 @@ BAD_INPUTS = [
         "compressed",
     ),
     ("gzip-encoding", gzip.compress(b'{"id": 5}'), {"content_encoding": "gzip"}, "compressed"),
+    # 100 MB of zeros in 100 KB: refused before anything expands it
+    (
+        "gzip-bomb",
+        gzip.compress(bytes(100_000_000)),
+        {"headers": {"compression": "application/x-gzip"}},
+        "compressed",
+    ),
+    ("yaml", b"id: 6\n", {"content_type": "application/x-yaml"}, "is not JSON"),
+    ("oversized", b'{"id": 7, "pad": "' + b"x" * 1_100_000 + b'"}', {}, "over the"),
+    ("deep-nesting", b"[" * 100_000 + b"]" * 100_000, {}, "nested too deeply"),
+    ("huge-integer", b'{"id": ' + b"9" * 5000 + b"}", {}, "not valid JSON"),
 ]
 
 
@@ -72,7 +83,9 @@ def test_each_bad_message_is_rejected_and_logged_and_the_next_good_one_is_handle
     )
     for name, body, options, reason in BAD_INPUTS:
         letter = letters[f"primary.{name}.0"]
-        assert (letter.exchange, letter.body, letter.queue) == (TASK_COMPLETED, body, queue)
+        kept = body[: 1024 * 1024]  # pulse_max_body_size: an oversized body is kept in part
+        assert (letter.exchange, letter.body, letter.queue) == (TASK_COMPLETED, kept, queue)
+        assert (letter.body_size, letter.truncated) == (len(body), len(body) > len(kept))
         assert reason in letter.detail
         assert letter.content_type == options.get("content_type", "application/json")
     assert letters["primary.gzip-header.0"].headers["compression"] == "application/x-gzip"

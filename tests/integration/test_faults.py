@@ -20,7 +20,8 @@ from pulse_celery.testing import _rabbitmqctl, publish
 
 from .conftest import TASK_COMPLETED
 from .harness import wait_until
-from .test_acks import done_ids, faults_worker
+from .proxy import TcpProxy
+from .test_acks import done_ids, faults_worker, publish_ids
 
 PREFETCH = 200  # pulse_prefetch_count default: the most a single fault can put back in flight
 
@@ -110,6 +111,65 @@ def test_connections_closed_ten_times_during_a_thousand_messages_loses_nothing(
             _rabbitmqctl("close_all_connections", "--global", "fault injected by test")
         publisher.join(timeout=180)
         assert_nothing_lost(tmp_path, pulse, worker, 1000, faults=10)
+        assert worker.log().count("Connected to Pulse") >= 2
+    finally:
+        worker.stop(timeout=120)
+
+
+@pytest.fixture
+def proxy():
+    p = TcpProxy()
+    yield p
+    p.close()
+
+
+@pytest.mark.rabbitmq
+def test_celery_broker_down_while_pulse_keeps_publishing_loses_nothing(pulse, celery_broker, tmp_path, proxy):
+    # Given a worker whose Celery broker is reached through a proxy we can cut
+    worker = faults_worker(pulse, celery_broker, tmp_path)
+    worker.env["CELERY_BROKER_URL"] = proxy.url("guest", "guest", celery_broker.name)
+    worker.start()
+    queue = f"queue/{pulse.user}/faults"
+    try:
+        publish_ids(pulse, range(50))
+        assert wait_until(lambda: len(done_ids(tmp_path)) == 50, timeout=60), worker.log()
+        # When the Celery broker goes away while Pulse keeps publishing
+        proxy.cut()
+        publish_ids(pulse, range(50, 250))
+        time.sleep(5)
+        # Then the Pulse messages wait in their queue, unacked or ready, none run, none lost
+        assert wait_until(lambda: sum(pulse.queue_counts(queue) or ()) == 200, timeout=20), (
+            pulse.queue_counts(queue)
+        )
+        assert len(done_ids(tmp_path)) == 50
+        assert worker.alive
+        # And when it is back, every one of them runs
+        proxy.restore()
+        assert_nothing_lost(tmp_path, pulse, worker, 250, faults=1)
+    finally:
+        worker.stop(timeout=120)
+
+
+@pytest.mark.rabbitmq
+def test_pulse_frozen_for_three_heartbeat_intervals_is_detected_and_nothing_is_lost(
+    pulse, celery_broker, tmp_path, proxy
+):
+    # Given a worker whose Pulse connection goes through a proxy, with 2 s heartbeats
+    worker = faults_worker(pulse, celery_broker, tmp_path, PULSE_HEARTBEAT=2, PULSE_CONNECT_TIMEOUT=3)
+    worker.env["PULSE_URL"] = proxy.url(pulse.user, pulse.password, pulse.vhost)
+    worker.start()
+    try:
+        publish_ids(pulse, range(50))
+        assert wait_until(lambda: len(done_ids(tmp_path)) == 50, timeout=60), worker.log()
+        # When the path to Pulse silently drops everything for three heartbeat intervals
+        proxy.freeze()
+        publish_ids(pulse, range(50, 150))
+        # Then the worker notices within two intervals (plus a tick), while frozen
+        assert worker.wait_for_log("Pulse connection lost", timeout=8), worker.log()[-2000:]
+        time.sleep(1)
+        proxy.restore()
+        # And reconnects, and every message runs
+        assert_nothing_lost(tmp_path, pulse, worker, 150, faults=1)
         assert worker.log().count("Connected to Pulse") >= 2
     finally:
         worker.stop(timeout=120)
