@@ -173,3 +173,41 @@ def test_pulse_frozen_for_three_heartbeat_intervals_is_detected_and_nothing_is_l
         assert worker.log().count("Connected to Pulse") >= 2
     finally:
         worker.stop(timeout=120)
+
+
+@pytest.mark.rabbitmq
+def test_sigkill_with_200_messages_in_flight_under_complete_loses_nothing(pulse, celery_broker, tmp_path):
+    # Given 200 deliveries held by the worker at once (2 processes x prefetch multiplier 100)
+    worker = faults_worker(
+        pulse, celery_broker, tmp_path, ACK_POLICY="complete", TASK_SECONDS=0.05, PREFETCH_MULTIPLIER=100
+    ).start()
+    queue = f"queue/{pulse.user}/faults"
+    publish_ids(pulse, range(600))
+    assert wait_until(lambda: len(done_ids(tmp_path)) >= 50, timeout=60), worker.log()
+    counts = pulse.queue_counts(queue)
+    # When the worker and its pool are killed with SIGKILL
+    worker.kill()
+    # Then a new worker gets every unfinished message again
+    worker.start()
+    try:
+        assert_nothing_lost(tmp_path, pulse, worker, 600, faults=1)
+    finally:
+        worker.stop(timeout=120)
+    assert counts is None or counts[1] <= 200, counts
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.parametrize("policy", ["enqueue", "complete"])
+def test_sigterm_with_work_in_flight_then_restart_loses_nothing(pulse, celery_broker, tmp_path, policy):
+    worker = faults_worker(pulse, celery_broker, tmp_path, ACK_POLICY=policy, TASK_SECONDS=0.02).start()
+    publisher = RetryingPublisher(pulse, 400, pace=0.002)
+    publisher.start()
+    assert wait_until(lambda: len(done_ids(tmp_path)) >= 50, timeout=60), worker.log()
+    assert worker.stop(timeout=120) == 0  # warm shutdown mid-stream
+    assert "not sent: its channel is gone" not in worker.log()
+    worker.start()
+    try:
+        publisher.join(timeout=120)
+        assert_nothing_lost(tmp_path, pulse, worker, 400, faults=1)
+    finally:
+        worker.stop(timeout=120)
