@@ -193,7 +193,8 @@ class PulseConsumer:
         """Connect and declare; runs in a short-lived thread, never on the event loop."""
         connection = Connection(**self.config.connection_kwargs())
         try:
-            connection.connect()
+            # One attempt: the caller's backoff decides when to try again.
+            connection.ensure_connection(max_retries=0)
             channel = connection.channel()
             plans = self._declare(channel)
         except Exception:
@@ -436,6 +437,13 @@ def describe_error(exc: BaseException, config: PulseConfig) -> str:
     code = getattr(exc, "reply_code", None) or getattr(exc, "code", None)
     if config.password and config.password in text:
         text = text.replace(config.password, "****")
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        return (
+            f"{text} -- the server's certificate is not trusted for {config.host!r}: check the host "
+            "name in pulse_url, and pulse_ssl_ca_certs if the server uses a private CA"
+        )
+    if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
+        return f"{text} -- amqps:// reached a port without TLS; Pulse's TLS port is 5671"
     if code == 403 or "ACCESS_REFUSED" in text:
         return (
             f"{text} -- check pulse_user/pulse_password, and that queues are named "

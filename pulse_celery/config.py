@@ -204,6 +204,11 @@ def load_config(conf: Mapping[str, Any], environ: Mapping[str, str] | None = Non
         raise ConfigError(f"pulse_ack_policy {config.ack_policy!r} is not one of {ACK_POLICIES}")
     if config.queue_type not in QUEUE_TYPES:
         raise ConfigError(f"pulse_queue_type {config.queue_type!r} is not one of {QUEUE_TYPES}")
+    if config.ssl_ca_certs and not os.access(config.ssl_ca_certs, os.R_OK):
+        raise ConfigError(
+            f"pulse_ssl_ca_certs {config.ssl_ca_certs!r} is not a readable file; give the path of a "
+            "PEM CA bundle, or unset it to use the system's CAs"
+        )
     if config.queue_max_length is not None and int(config.queue_max_length) < 1:
         raise ConfigError("pulse_queue_max_length must be a positive number of messages, or None")
     if config.prefetch_count < 1:

@@ -132,7 +132,7 @@ class Handoff:
         # user may set in broker_transport_options) would wait for each one instead.
         connection = self.app.connection_for_write(transport_options={"confirm_publish": False})
         try:
-            connection.ensure_connection(max_retries=1)
+            connection.ensure_connection(max_retries=0)  # one attempt; our backoff retries
             channel = None
             if connection.transport.driver_type == "amqp":
                 channel = connection.channel()

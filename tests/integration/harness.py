@@ -56,6 +56,7 @@ class Worker:
         pool: str = "prefork",
         concurrency: int = 2,
         extra_args: tuple[str, ...] = (),
+        loglevel: str = "info",
     ) -> None:
         self.app = app
         self.cwd = cwd
@@ -67,6 +68,7 @@ class Worker:
         self.pool = pool
         self.concurrency = concurrency
         self.extra_args = extra_args
+        self.loglevel = loglevel
         self.process: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
 
@@ -74,7 +76,7 @@ class Worker:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         command = [
             sys.executable, "-m", "celery", "-A", self.app, "worker",
-            "-P", self.pool, "-c", str(self.concurrency), "-l", "info",
+            "-P", self.pool, "-c", str(self.concurrency), "-l", self.loglevel,
             "-n", f"test-{uuid.uuid4().hex[:6]}@%h",
             "--without-gossip", "--without-mingle", *self.extra_args,
         ]  # fmt: skip

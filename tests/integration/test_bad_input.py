@@ -50,7 +50,7 @@ BAD_INPUTS = [
 
 @pytest.mark.rabbitmq
 @pytest.mark.parametrize("policy", ["enqueue", "complete"])
-def test_each_bad_message_is_rejected_and_logged_and_the_next_good_one_is_handled(
+def test_each_bad_message_is_dead_lettered_and_logged_and_the_next_good_one_is_handled(
     pulse, celery_broker, tmp_path, policy
 ):
     worker = faults_worker(pulse, celery_broker, tmp_path, ACK_POLICY=policy).start()

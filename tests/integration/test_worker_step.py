@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from urllib.parse import quote
 
 import pytest
 from celery import Celery
 from kombu import Exchange
+
+from pulse_celery.testing import _rabbitmqctl
 
 from .harness import wait_until
 from .test_acks import done_ids, faults_worker, publish_ids
@@ -142,3 +145,27 @@ def test_depth_warning_is_logged_once_when_the_queue_backs_up(pulse, celery_brok
         assert worker.log().count("Pulse Guardian warns at 2,000") == 1
     finally:
         worker.kill()
+
+
+@pytest.mark.rabbitmq
+def test_password_is_never_logged_even_at_debug_across_connect_and_reconnect(pulse, celery_broker, tmp_path):
+    worker = faults_worker(pulse, celery_broker, tmp_path)
+    worker.loglevel = "debug"
+    worker.start()
+    try:
+        publish_ids(pulse, [1])
+        assert wait_until(lambda: done_ids(tmp_path) == Counter({1: 1}), timeout=30)
+        # Force a reconnect: close only the Pulse user's connections.
+        out = _rabbitmqctl("list_connections", "user", "pid")
+        for line in out.splitlines():
+            if line.startswith(pulse.user + "\t"):
+                _rabbitmqctl("close_connection", line.split("\t")[1], "test reconnect")
+        assert worker.wait_for_log("Connected to Pulse", timeout=30, count=2), worker.log()[-2000:]
+        publish_ids(pulse, [2])
+        assert wait_until(lambda: done_ids(tmp_path) == Counter({1: 1, 2: 1}), timeout=30)
+    finally:
+        worker.stop()
+    log = worker.full_log()
+    assert "DEBUG" in log  # the check below means something only if debug lines were written
+    for form in (pulse.password, quote(pulse.password, safe=""), quote(pulse.password)):
+        assert form not in log, form
