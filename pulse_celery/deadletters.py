@@ -184,7 +184,7 @@ def replay(app: Celery, ids: list[str] | None = None) -> int:
     A dead letter whose body still does not decode stays in the store.
     """
     from .dispatch import build_task_message
-    from .handoff import resolve_route
+    from .handoff import publish_with_producer, resolve_route
 
     wanted = set(ids) if ids else None
 
@@ -212,19 +212,7 @@ def replay(app: Celery, ids: list[str] | None = None) -> int:
             message = build_task_message(
                 app, letter.task, decode_body(letter.body), meta, "pulse-celery replay"
             )
-            route = resolve_route(app, letter.task)
-            producer.publish(
-                message.body,
-                exchange=route.exchange,
-                routing_key=route.routing_key,
-                headers=message.headers,
-                content_type=message.content_type,
-                content_encoding=message.content_encoding,
-                delivery_mode=2,
-                declare=[route.queue],
-                retry=True,
-                **message.properties,
-            )
+            publish_with_producer(producer, message, resolve_route(app, letter.task), retry=True)
 
         return _take(app, select, send)
 

@@ -70,6 +70,22 @@ class TaskMessage:
     content_encoding: str
 
 
+def publish_with_producer(producer: Producer, message: TaskMessage, route: Route, retry: bool) -> None:
+    """Publish ``message`` through a kombu producer; confirmed when it returns on a confirm channel."""
+    producer.publish(
+        message.body,
+        exchange=route.exchange,
+        routing_key=route.routing_key,
+        headers=message.headers,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        delivery_mode=2,
+        declare=[route.queue],
+        retry=retry,
+        **message.properties,
+    )
+
+
 class Handoff:
     """Publish task messages to the Celery broker from the event loop, reporting each outcome.
 
@@ -289,18 +305,7 @@ class Handoff:
     ) -> None:
         assert self._producer is not None
         try:
-            self._producer.publish(
-                message.body,
-                exchange=route.exchange,
-                routing_key=route.routing_key,
-                headers=message.headers,
-                content_type=message.content_type,
-                content_encoding=message.content_encoding,
-                delivery_mode=2,
-                declare=[route.queue],
-                retry=False,
-                **message.properties,
-            )
+            publish_with_producer(self._producer, message, route, retry=False)
         except Exception as exc:
             on_failed(HandoffFailed(f"publish to the Celery broker failed: {exc!r}"))
             if self._connection is not None and isinstance(exc, self._connection.connection_errors):
