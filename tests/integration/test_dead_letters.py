@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from pulse_celery.deadletters import list_dead_letters
-from pulse_celery.testing import publish
+from pulse_celery.testing import _rabbitmqctl, publish
 
 from .conftest import TASK_COMPLETED
 from .harness import ROOT, read_records, wait_until
@@ -108,3 +108,29 @@ def test_dead_letters_are_listed_shown_replayed_and_dropped_from_the_command_lin
 
     missing = cli("dead-letters", "list", "-A", "no_such_module", env=env)
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
+
+
+@pytest.mark.rabbitmq
+def test_delivery_unacked_past_the_brokers_consumer_timeout_does_not_crash_the_worker(
+    pulse, celery_broker, tmp_path
+):
+    # Given a broker whose consumer_timeout (normally 30 min) is 3 s, and a task that runs longer
+    _rabbitmqctl("eval", "application:set_env(rabbit, consumer_timeout, 3000).")
+    worker = faults_worker(
+        pulse, celery_broker, tmp_path, ACK_POLICY="complete", TASK_SECONDS=300, PULSE_MAX_DELIVERIES=1
+    )
+    try:
+        worker.start()
+        publish_ids(pulse, [1])
+        # When RabbitMQ closes the channel of the delivery it waited too long for (it checks
+        # about once a minute), the worker reconnects instead of crashing
+        assert worker.wait_for_log("Pulse connection lost", timeout=150), worker.log()[-3000:]
+        assert "PRECONDITION_FAILED" in worker.log()
+        # and the message, now redelivered, is kept rather than run again past the limit
+        assert worker.wait_for_log("too-many-deliveries", timeout=60), worker.log()[-3000:]
+        assert worker.alive
+    finally:
+        _rabbitmqctl("eval", "application:set_env(rabbit, consumer_timeout, 1800000).")
+        worker.kill()
+    [letter] = list_dead_letters(store_app(celery_broker))
+    assert letter.routing_key == "primary.task1.0"

@@ -171,3 +171,18 @@ def test_config_is_frozen():
     config = load_config({}, environ={})
     with pytest.raises(AttributeError):
         config.password = "changed"  # type: ignore[misc]
+
+
+def test_guardian_protection_settings_are_read_and_checked():
+    conf = {
+        "pulse_url": "amqps://pulse.mozilla.org:5671",
+        "pulse_queue_max_length": 5000,
+        "pulse_queue_warn_depth": 300,
+        "pulse_max_deliveries": 3,
+    }
+    config = load_config(conf, environ={})
+    assert (config.queue_max_length, config.queue_warn_depth, config.max_deliveries) == (5000, 300, 3)
+    with pytest.raises(ConfigError, match="pulse_queue_max_length"):
+        load_config({**conf, "pulse_queue_max_length": 0}, environ={})
+    with pytest.raises(ConfigError, match="pulse_ssl_ca_certs"):
+        load_config({**conf, "pulse_ssl_ca_certs": "/nonexistent/ca.pem"}, environ={})

@@ -116,3 +116,10 @@ def test_queue_bindings_declare_foreign_exchanges_passively():
     [plan] = plan_queues(config(), [binding("builds"), binding("builds", exchange="exchange/alice/mine")])
     passive = {b.exchange.name: b.exchange.passive for b in kombu_queue(config(), plan).bindings}
     assert passive == {COMPLETED: True, "exchange/alice/mine": False}
+
+
+def test_max_length_is_declared_on_named_queues_only():
+    capped = config(queue_max_length=5000)
+    named, anonymous = plan_queues(capped, [binding("builds"), binding(None, task="tasks.other")])
+    assert kombu_queue(capped, named).queue_arguments == {"x-queue-type": "quorum", "x-max-length": 5000}
+    assert not kombu_queue(capped, anonymous).queue_arguments

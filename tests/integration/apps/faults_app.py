@@ -17,6 +17,7 @@ app = Celery("faults", broker=os.environ["CELERY_BROKER_URL"])
 app.conf.pulse_url = os.environ["PULSE_URL"]
 app.conf.pulse_heartbeat = float(os.environ.get("PULSE_HEARTBEAT", "10"))
 app.conf.pulse_connect_timeout = float(os.environ.get("PULSE_CONNECT_TIMEOUT", "30"))
+app.conf.pulse_max_deliveries = int(os.environ.get("PULSE_MAX_DELIVERIES", "5"))
 app.conf.pulse_queue_warn_depth = int(os.environ.get("PULSE_QUEUE_WARN_DEPTH", "1000"))
 app.conf.pulse_depth_check_interval = float(os.environ.get("PULSE_DEPTH_CHECK_INTERVAL", "30"))
 app.conf.worker_prefetch_multiplier = int(os.environ.get("PREFETCH_MULTIPLIER", "4"))
