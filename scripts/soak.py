@@ -704,7 +704,11 @@ class Soak:
         )
 
         checks = [
-            ("lost == 0", not lost and published > 0 and not self.interrupted, f"lost {len(lost)}"),
+            (
+                "lost == 0",
+                not lost and published > 0 and not self.interrupted,
+                f"lost {len(lost)}" + (" (run interrupted: not a complete soak)" if self.interrupted else ""),
+            ),
             ("Pulse queue (0 ready, 0 unacked)", self.final_counts == (0, 0), f"{self.final_counts}"),
             (
                 "worker alive when not deliberately killed",
