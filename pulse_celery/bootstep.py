@@ -51,7 +51,7 @@ class Session:
         self.loop_connection = loop_connection
         #: consumer tags of the queues being consumed
         self.consumers: list[str] = []
-        #: acks, rejects and requeues sent on this session's channel
+        #: deliveries received, and acks, rejects and requeues sent, on this session's channel
         self.counts: Counter[str] = Counter()
         self.opened_at = time.monotonic()
         #: queues currently over the depth warning
