@@ -1,0 +1,936 @@
+"""Benchmark pulse_celery against the local RabbitMQ, every way side by side in one run.
+
+    python benchmarks/run.py [--n 20000] [--rate 1000] [--skip-latency] [--skip-rss]
+
+See benchmarks/README.md for what each figure means and how to read the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import amqp
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from celery import Celery  # noqa: E402
+from kombu import Connection, Consumer, Queue  # noqa: E402
+
+from pulse_celery.testing import PulseLikeBroker, _rabbitmqctl, taskcluster_message  # noqa: E402
+from tests.integration.harness import Worker  # noqa: E402
+
+EXCHANGE = "exchange/taskcluster-queue/v1/task-completed"
+TASK_NAME = "bench_app.noop"
+CELERY_QUEUE = "celery"  # the app's default queue: where task messages go
+IDLE_QUEUE = "bench.nobody"  # a Celery queue nobody publishes to (enqueue workers consume only Pulse)
+PULSE_PREFETCH = 200  # pulse_prefetch_count's default: what an enqueue worker may hold unacked
+POLL = 0.01  # seconds between two passive queue_declare polls
+ALL_PHASES = ("ceiling", "handwritten", "enqueue", "complete", "celery")
+LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): ")
+
+# Targets from issue 4.
+T_ENQUEUE_VS_HAND = 5.0
+T_ENQUEUE_VS_CEILING = 0.5
+T_COMPLETE_VS_CELERY = 0.9
+T_RSS_MB = 50.0
+T_DEPTH = 200
+T_DEPTH_RATE = 1000
+
+
+# -- brokers -----------------------------------------------------------------------
+
+
+class Brokers:
+    """A fresh Pulse-like vhost (and its restricted user) and a fresh Celery vhost."""
+
+    def __init__(self, queue_type: str) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.queue_type = queue_type
+        self.pulse = PulseLikeBroker(vhost=f"bench-pulse-{tag}", user=f"bench{tag}")
+        self.celery_vhost = f"bench-celery-{tag}"
+        self.celery_url = f"amqp://guest:guest@127.0.0.1:5672/{self.celery_vhost}"
+        self.pulse_conn: amqp.Connection | None = None
+        self.celery_conn: amqp.Connection | None = None
+
+    def setup(self) -> Brokers:
+        self.pulse.setup([EXCHANGE])
+        _rabbitmqctl("add_vhost", self.celery_vhost)
+        _rabbitmqctl("set_permissions", "-p", self.celery_vhost, "guest", ".*", ".*", ".*")
+        self.pulse_conn = amqp_connect(self.pulse.vhost)
+        self.celery_conn = amqp_connect(self.celery_vhost)
+        self.pulse_poll = self.pulse_conn.channel()
+        self.celery_poll = self.celery_conn.channel()
+        # The Celery queue exactly as Celery declares it, so every phase can count it.
+        app = Celery("bench_app", broker=self.celery_url)
+        with Connection(self.celery_url) as conn:
+            app.amqp.queues[CELERY_QUEUE].bind(conn.default_channel).declare()
+        return self
+
+    def teardown(self) -> None:
+        for conn in (self.pulse_conn, self.celery_conn):
+            try:
+                if conn is not None:
+                    conn.collect()
+            except Exception:
+                pass
+        self.pulse.teardown()
+        try:
+            _rabbitmqctl("delete_vhost", self.celery_vhost)
+        except RuntimeError:
+            pass
+
+    def pulse_queue(self, suffix: str) -> str:
+        """Declare queue/<user>/<suffix> exactly as pulse_celery does, bound as bench_app binds it."""
+        name = f"queue/{self.pulse.user}/{suffix}"
+        arguments = {"x-queue-type": "quorum"} if self.queue_type == "quorum" else {}
+        ch = self.pulse_poll
+        ch.queue_declare(name, durable=True, auto_delete=False, arguments=arguments)
+        ch.queue_bind(name, EXCHANGE, "primary.#")
+        return name
+
+    def delete_pulse_queue(self, name: str) -> None:
+        self.pulse_poll.queue_delete(name)
+
+    def pulse_ready(self, name: str) -> int:
+        return self.pulse_poll.queue_declare(name, passive=True).message_count
+
+    def celery_ready(self, name: str = CELERY_QUEUE) -> int:
+        return self.celery_poll.queue_declare(name, passive=True).message_count
+
+    def purge_celery(self) -> None:
+        self.celery_poll.queue_purge(CELERY_QUEUE)
+
+    def pulse_counts(self, name: str) -> tuple[int, int] | None:
+        return self.pulse.queue_counts(name)
+
+    def celery_counts(self, name: str = CELERY_QUEUE) -> tuple[int, int] | None:
+        out = _rabbitmqctl(
+            "list_queues", "-p", self.celery_vhost, "name", "messages_ready", "messages_unacknowledged"
+        )
+        for line in out.splitlines():
+            parts = line.split("\t")
+            if parts and parts[0] == name:
+                return int(parts[1]), int(parts[2])
+        return None
+
+
+def amqp_connect(vhost: str, user: str = "guest", password: str = "guest") -> amqp.Connection:
+    conn = amqp.Connection(
+        host="127.0.0.1:5672", userid=user, password=password, virtual_host=vhost, heartbeat=0
+    )
+    conn.connect()
+    return conn
+
+
+class ConfirmingPublisher:
+    """A py-amqp channel in confirm mode: publishes without waiting, confirms checked in batches."""
+
+    def __init__(self, conn: amqp.Connection, window: int = 2000) -> None:
+        self.conn = conn
+        self.window = window
+        self.ch = conn.channel()
+        self.ch.confirm_select()
+        self.published = self.confirmed = self.nacked = 0
+        self.ch.events["basic_ack"].add(self._on_ack)
+        self.ch.events["basic_nack"].add(self._on_nack)
+
+    def _on_ack(self, tag: int, multiple: bool) -> None:
+        self.confirmed = max(self.confirmed, tag)
+
+    def _on_nack(self, tag: int, multiple: bool) -> None:
+        self.nacked += 1
+        self.confirmed = max(self.confirmed, tag)
+
+    def publish(self, message: amqp.Message, exchange: str, routing_key: str) -> None:
+        self.ch.basic_publish(message, exchange=exchange, routing_key=routing_key, mandatory=True)
+        self.published += 1
+        while self.published - self.confirmed > self.window:
+            self.conn.drain_events(timeout=10)
+
+    def wait(self) -> None:
+        while self.confirmed < self.published:
+            self.conn.drain_events(timeout=30)
+        if self.nacked:
+            raise RuntimeError(f"the broker refused {self.nacked} published messages")
+
+    def close(self) -> None:
+        self.ch.close()
+
+
+# -- messages ----------------------------------------------------------------------
+
+
+def pulse_messages(n: int) -> list[tuple[str, bytes, list[str]]]:
+    """N real-shaped Taskcluster task-completed events: (routing key, JSON body, CC routes)."""
+    out = []
+    for i in range(n):
+        key, body = taskcluster_message("completed")
+        task_id = body["status"]["taskId"]
+        routes = [
+            f"route.index.gecko.v2.autoland.revision.{uuid.uuid4().hex}{i:08x}.firefox.linux64-opt",
+            f"route.tc-treeherder.v2.autoland.{uuid.uuid4().hex}.{100000 + i}",
+            f"route.checks.{task_id}",
+        ]
+        out.append((key, json.dumps(body).encode(), routes))
+    return out
+
+
+def pulse_amqp_message(body: bytes, routes: list[str]) -> amqp.Message:
+    return amqp.Message(
+        body,
+        content_type="application/json",
+        content_encoding="utf-8",
+        application_headers={"CC": routes},
+        delivery_mode=2,
+    )
+
+
+def prefill_pulse(
+    brokers: Brokers, messages: list[tuple[str, bytes, list[str]]], queue: str, in_flight: int = 0
+) -> float:
+    """Publish every message (confirmed) and wait until ``queue`` has them ready.
+
+    ``in_flight``: how many a (stopped) consumer may already hold unacked, not ready.
+    """
+    t0 = time.monotonic()
+    pub = ConfirmingPublisher(brokers.pulse_conn)
+    for key, body, routes in messages:
+        pub.publish(pulse_amqp_message(body, routes), EXCHANGE, key)
+    pub.wait()
+    pub.close()
+    deadline = time.monotonic() + 60
+    while brokers.pulse_ready(queue) < len(messages) - in_flight:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{queue} never held the {len(messages)} published messages")
+        time.sleep(0.05)
+    return len(messages) / (time.monotonic() - t0)
+
+
+def prefill_celery(brokers: Brokers, messages: list[tuple[str, bytes, list[str]]]) -> None:
+    """Publish one task message per Pulse payload to the Celery queue, as apply_async would build it."""
+    app = Celery("bench_app", broker=brokers.celery_url)
+    pub = ConfirmingPublisher(brokers.celery_conn)
+    for _key, body, _routes in messages:
+        task_id = str(uuid.uuid4())
+        headers, properties, task_body, _ = app.amqp.as_task_v2(
+            task_id, TASK_NAME, args=(json.loads(body),), kwargs={}
+        )
+        data = json.dumps(task_body).encode()
+        msg = amqp.Message(
+            data,
+            content_type="application/json",
+            content_encoding="utf-8",
+            application_headers=headers,
+            delivery_mode=2,
+            **properties,
+        )
+        pub.publish(msg, "", CELERY_QUEUE)
+    pub.wait()
+    pub.close()
+    while brokers.celery_ready() < len(messages):
+        time.sleep(0.05)
+
+
+# -- workers -----------------------------------------------------------------------
+
+WORKERS: list[Worker] = []
+SIDE_PROCESSES: list[subprocess.Popen[bytes]] = []
+
+
+def start_worker(
+    brokers: Brokers,
+    workdir: Path,
+    name: str,
+    policy: str,
+    queue: str,
+    concurrency: int,
+    only_idle_queue: bool,
+    record: Path | None = None,
+) -> Worker:
+    env = {
+        "CELERY_BROKER_URL": brokers.celery_url,
+        "PULSE_URL": brokers.pulse.url,
+        "BENCH_POLICY": policy,
+        "BENCH_QUEUE": queue,
+        "BENCH_QUEUE_TYPE": brokers.queue_type,
+    }
+    if record is not None:
+        env["BENCH_RECORD"] = str(record)
+    extra = ("-Q", IDLE_QUEUE) if only_idle_queue else ()
+    worker = Worker(
+        "bench_app",
+        cwd=HERE,
+        env=env,
+        log_path=workdir / f"{name}.log",
+        concurrency=concurrency,
+        extra_args=extra,
+    )
+    WORKERS.append(worker)
+    return worker.start(wait_for=None)
+
+
+def log_time(worker: Worker, text: str, timeout: float = 60) -> float:
+    """Wall-clock time of the worker's first log line containing ``text`` (its own timestamp)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in worker.log().splitlines():
+            if text in line:
+                m = LOG_TIME.match(line)
+                if m:
+                    return datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                return time.time()
+        if not worker.alive:
+            break
+        time.sleep(0.005)
+    raise RuntimeError(f"worker did not log {text!r}:\n{worker.log()[-3000:]}")
+
+
+def stop_worker(worker: Worker) -> None:
+    try:
+        worker.stop(timeout=30)
+    except AssertionError:
+        pass
+    if worker in WORKERS:
+        WORKERS.remove(worker)
+
+
+def rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def children_rss_kb(pid: int) -> int:
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return 0
+    return sum(rss_kb(int(k)) for k in kids)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = POLL, tick=None) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if tick is not None:
+            tick()
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+
+
+def verify_empty(counts: Callable[[], tuple[int, int] | None], timeout: float = 20) -> tuple[bool, Any]:
+    """Ask rabbitmqctl (exact, but slower and lagging for quorum queues) for (ready, unacked)."""
+    last: Any = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        last = counts()
+        if last == (0, 0):
+            return True, last
+        time.sleep(0.3)
+    return False, last
+
+
+def drain_timeout(n: int) -> float:
+    return max(120.0, n / 50)
+
+
+# -- profiling (optional) -------------------------------------------------------------
+
+
+class Profiler:
+    """py-spy record (non-blocking) on a worker's main process; prints the hottest functions."""
+
+    def __init__(self, pid: int, out: Path) -> None:
+        self.out = out
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        self.proc = subprocess.Popen(
+            [spy, "record", "--pid", str(pid), "--nonblocking", "--rate", "250", "--format", "raw",
+             "-o", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        SIDE_PROCESSES.append(self.proc)
+
+    def stop_and_report(self, top: int = 25) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        SIDE_PROCESSES.remove(self.proc)
+        if not self.out.exists():
+            print(
+                "  py-spy wrote nothing:",
+                self.proc.stderr.read().decode()[-500:] if self.proc.stderr else "",
+            )
+            return
+        inclusive: Counter[str] = Counter()
+        own: Counter[str] = Counter()
+        total = 0
+        for line in self.out.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not stack:
+                continue
+            n = int(count)
+            frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+            if frames and frames[0].startswith("process"):
+                frames = frames[1:]
+            if frames and frames[0].startswith("thread"):
+                frames = frames[1:]
+            total += n
+            for f in set(frames):
+                inclusive[f] += n
+            if frames:
+                own[frames[-1]] += n
+        print(f"  py-spy: {total} samples of the worker's main process ({self.out})")
+        print("  hottest functions, inclusive (% of samples):")
+        for f, n in inclusive.most_common(top):
+            print(f"    {100 * n / total:5.1f}%  {f}")
+        print("  hottest functions, self:")
+        for f, n in own.most_common(top):
+            print(f"    {100 * n / total:5.1f}%  {f}")
+
+
+# -- phases --------------------------------------------------------------------------
+
+
+def phase_ceiling(brokers: Brokers, messages: list, prefetch: int = 200) -> float:
+    """A bare kombu consumer on the Pulse queue that acks each message and does nothing else."""
+    queue = brokers.pulse_queue("bench-ceiling")
+    prefill_pulse(brokers, messages, queue)
+    n = len(messages)
+    count = 0
+
+    def on_message(message: Any) -> None:
+        nonlocal count
+        message.ack()
+        count += 1
+
+    with Connection(brokers.pulse.url) as conn:
+        ch = conn.channel()
+        ch.basic_qos(0, prefetch, False)
+        consumer = Consumer(ch, queues=[Queue(queue, no_declare=True)], on_message=on_message)
+        t0 = time.monotonic()
+        consumer.consume()
+        while count < n:
+            conn.drain_events(timeout=30)
+        elapsed = time.monotonic() - t0
+        consumer.cancel()
+    ok, counts = verify_empty(lambda: brokers.pulse_counts(queue))
+    brokers.delete_pulse_queue(queue)
+    return report_rate("ceiling", n, elapsed, ok, counts)
+
+
+def phase_handwritten(brokers: Brokers, messages: list, prefetch: int = 200) -> float:
+    """A kombu consumer calling task.apply_async((payload,)) with confirm_publish, then acking."""
+    queue = brokers.pulse_queue("bench-handwritten")
+    prefill_pulse(brokers, messages, queue)
+    brokers.purge_celery()
+    app = Celery("handwritten", broker=brokers.celery_url)
+    app.conf.broker_transport_options = {"confirm_publish": True}
+
+    @app.task(name=TASK_NAME)
+    def noop(payload: Any) -> None:  # never runs here
+        return None
+
+    n = len(messages)
+    count = 0
+
+    def on_message(message: Any) -> None:
+        nonlocal count
+        payload = json.loads(message.body)
+        noop.apply_async((payload,))
+        message.ack()
+        count += 1
+
+    with Connection(brokers.pulse.url) as conn:
+        ch = conn.channel()
+        ch.basic_qos(0, prefetch, False)
+        consumer = Consumer(ch, queues=[Queue(queue, no_declare=True)], on_message=on_message)
+        t0 = time.monotonic()
+        consumer.consume()
+        while count < n:
+            conn.drain_events(timeout=30)
+        elapsed = time.monotonic() - t0
+        consumer.cancel()
+    ok, counts = verify_empty(lambda: brokers.pulse_counts(queue))
+    handed = brokers.celery_ready()
+    app.close()
+    brokers.delete_pulse_queue(queue)
+    brokers.purge_celery()
+    return report_rate("handwritten", n, elapsed, ok, counts, f"task messages on the Celery broker: {handed}")
+
+
+def phase_enqueue(brokers: Brokers, messages: list, workdir: Path, concurrency: int, profile: bool) -> float:
+    """pulse_celery enqueue in a real worker that consumes only Pulse (-Q names an idle queue)."""
+    queue = brokers.pulse_queue("bench-enqueue")
+    prefill_pulse(brokers, messages, queue)
+    brokers.purge_celery()
+    n = len(messages)
+    worker = start_worker(brokers, workdir, "enqueue", "enqueue", "bench-enqueue", concurrency, True)
+    profiler = None
+    if profile:
+        time.sleep(0.3)  # let the interpreter come up before py-spy attaches
+        profiler = Profiler(worker.process.pid, workdir / "enqueue.pyspy.txt")
+    start = log_time(worker, "Connected to Pulse")
+    drained = wait_until(
+        lambda: brokers.pulse_ready(queue) == 0 and brokers.celery_ready() >= n, drain_timeout(n)
+    )
+    end = time.time()
+    if profiler is not None:
+        profiler.stop_and_report()
+    ok, counts = verify_empty(lambda: brokers.pulse_counts(queue))
+    handed = brokers.celery_ready()
+    stop_worker(worker)
+    brokers.delete_pulse_queue(queue)
+    brokers.purge_celery()
+    if not drained:
+        print(f"  enqueue: did not drain within {drain_timeout(n):.0f} s ({worker.log_path})")
+        return 0.0
+    return report_rate(
+        "enqueue",
+        n,
+        end - start,
+        ok and handed == n,
+        counts,
+        f"task messages on the Celery broker: {handed} (expected {n})",
+    )
+
+
+def phase_complete(brokers: Brokers, messages: list, workdir: Path, concurrency: int, profile: bool) -> float:
+    """pulse_celery complete: the no-op task runs in this worker's prefork pool."""
+    queue = brokers.pulse_queue("bench-complete")
+    prefill_pulse(brokers, messages, queue)
+    brokers.purge_celery()
+    n = len(messages)
+    worker = start_worker(brokers, workdir, "complete", "complete", "bench-complete", concurrency, False)
+    profiler = None
+    if profile:
+        time.sleep(0.3)  # let the interpreter come up before py-spy attaches
+        profiler = Profiler(worker.process.pid, workdir / "complete.pyspy.txt")
+    start = log_time(worker, "Connected to Pulse")
+    drained = wait_until(lambda: brokers.pulse_ready(queue) == 0, drain_timeout(n))
+    end = time.time()
+    if profiler is not None:
+        profiler.stop_and_report()
+    ok, counts = verify_empty(lambda: brokers.pulse_counts(queue))
+    stop_worker(worker)
+    brokers.delete_pulse_queue(queue)
+    if not drained:
+        print(f"  complete: did not drain within {drain_timeout(n):.0f} s ({worker.log_path})")
+        return 0.0
+    return report_rate("complete", n, end - start, ok, counts)
+
+
+def phase_celery(brokers: Brokers, messages: list, workdir: Path, concurrency: int) -> float:
+    """Celery's own: the same no-op task, N task messages pre-published to the Celery queue."""
+    brokers.purge_celery()
+    prefill_celery(brokers, messages)
+    n = len(messages)
+    worker = start_worker(brokers, workdir, "celery", "none", "unused", concurrency, False)
+    start = log_time(worker, " ready.")
+    drained = wait_until(lambda: brokers.celery_ready() == 0, drain_timeout(n))
+    end = time.time()
+    ok, counts = verify_empty(lambda: brokers.celery_counts())
+    stop_worker(worker)
+    brokers.purge_celery()
+    if not drained:
+        print(f"  celery: did not drain within {drain_timeout(n):.0f} s ({worker.log_path})")
+        return 0.0
+    return report_rate("celery", n, end - start, ok, counts)
+
+
+def report_rate(name: str, n: int, elapsed: float, ok: bool, counts: Any, extra: str = "") -> float:
+    rate = n / elapsed if elapsed > 0 else 0.0
+    state = "verified 0 ready / 0 unacked" if ok else f"NOT VERIFIED (rabbitmqctl: {counts})"
+    print(
+        f"  {name}: {n} messages in {elapsed:.2f} s = {rate:,.0f} msg/s; {state}"
+        + (f"; {extra}" if extra else "")
+    )
+    sys.stdout.flush()
+    return rate if ok else 0.0
+
+
+def phase_rss(brokers: Brokers, messages: list, workdir: Path, concurrency: int) -> dict[str, float]:
+    """Idle RSS of an enqueue worker, then its peak while a backlog of N waits and drains.
+
+    The worker's main process is stopped (SIGSTOP) while the backlog is published, so the
+    whole backlog is really waiting when it resumes (SIGCONT).
+    """
+    queue = brokers.pulse_queue("bench-rss")
+    brokers.purge_celery()
+    n = len(messages)
+    worker = start_worker(brokers, workdir, "rss", "enqueue", "bench-rss", concurrency, True)
+    pid = worker.process.pid
+    log_time(worker, "Connected to Pulse")
+    time.sleep(2.0)
+    idle_main = idle_kids = 0
+    for _ in range(10):
+        idle_main = max(idle_main, rss_kb(pid))
+        idle_kids = max(idle_kids, children_rss_kb(pid))
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        prefill_pulse(brokers, messages, queue, in_flight=PULSE_PREFETCH)
+        backlog = brokers.pulse_ready(queue)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    t0 = time.monotonic()
+    peak = {"main": idle_main, "kids": idle_kids}
+
+    def sample() -> None:
+        peak["main"] = max(peak["main"], rss_kb(pid))
+        peak["kids"] = max(peak["kids"], children_rss_kb(pid))
+
+    drained = wait_until(
+        lambda: brokers.pulse_ready(queue) == 0 and brokers.celery_ready() >= n, drain_timeout(n), tick=sample
+    )
+    elapsed = time.monotonic() - t0
+    for _ in range(10):  # a little after the drain, too
+        sample()
+        time.sleep(0.05)
+    after_main = rss_kb(pid)
+    stop_worker(worker)
+    brokers.delete_pulse_queue(queue)
+    brokers.purge_celery()
+    result = {
+        "backlog": backlog,
+        "idle_main_mb": idle_main / 1024,
+        "peak_main_mb": peak["main"] / 1024,
+        "after_main_mb": after_main / 1024,
+        "idle_kids_mb": idle_kids / 1024,
+        "peak_kids_mb": peak["kids"] / 1024,
+        "drained": drained,
+        "drain_rate": n / elapsed if drained else 0.0,
+    }
+    print(
+        f"  rss: backlog {backlog} ready (+ up to {PULSE_PREFETCH} prefetched); "
+        f"main idle {result['idle_main_mb']:.1f} MB, peak "
+        f"{result['peak_main_mb']:.1f} MB, after {result['after_main_mb']:.1f} MB; children idle "
+        f"{result['idle_kids_mb']:.1f} MB, peak {result['peak_kids_mb']:.1f} MB; drained after SIGCONT "
+        f"at {result['drain_rate']:,.0f} msg/s"
+    )
+    return result
+
+
+class DepthSampler:
+    """Max depth of a Pulse queue: passive declares (ready, every 20 ms) and rabbitmqctl (ready+unacked)."""
+
+    def __init__(self, brokers: Brokers, queue: str) -> None:
+        self.brokers = brokers
+        self.queue = queue
+        self.max_ready = 0
+        self.max_total = 0
+        self.ctl_samples = 0
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._passive, daemon=True),
+            threading.Thread(target=self._ctl, daemon=True),
+        ]
+
+    def __enter__(self) -> DepthSampler:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
+
+    def _passive(self) -> None:
+        conn = amqp_connect(self.brokers.pulse.vhost)
+        ch = conn.channel()
+        try:
+            while not self._stop.is_set():
+                self.max_ready = max(self.max_ready, ch.queue_declare(self.queue, passive=True).message_count)
+                time.sleep(0.02)
+        finally:
+            conn.collect()
+
+    def _ctl(self) -> None:
+        while not self._stop.is_set():
+            counts = self.brokers.pulse_counts(self.queue)
+            if counts is not None:
+                self.ctl_samples += 1
+                self.max_total = max(self.max_total, counts[0] + counts[1])
+
+
+def phase_latency(
+    brokers: Brokers, workdir: Path, policy: str, rate: float, seconds: float, concurrency: int
+) -> dict[str, Any]:
+    """Publish at a steady rate for a while; the task records publish -> start; sample queue depth."""
+    suffix = f"bench-latency-{policy}"
+    queue = brokers.pulse_queue(suffix)
+    brokers.purge_celery()
+    record = workdir / f"latency-{policy}.txt"
+    record.unlink(missing_ok=True)
+    # Under enqueue the same worker also runs the tasks from the Celery queue.
+    worker = start_worker(brokers, workdir, f"latency-{policy}", policy, suffix, concurrency, False, record)
+    log_time(worker, "Connected to Pulse")
+    log_time(worker, " ready.")
+    time.sleep(1.0)
+    total = int(rate * seconds)
+    template = pulse_messages(1)[0]
+    body = json.loads(template[1])
+    ch = brokers.pulse_conn.channel()  # no confirms: pacing must not wait; the records prove arrival
+    with DepthSampler(brokers, queue) as depth:
+        t0 = time.monotonic()
+        for i in range(total):
+            target = t0 + i / rate
+            delay = target - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            body["bench_published_at"] = time.time()
+            ch.basic_publish(
+                pulse_amqp_message(json.dumps(body).encode(), template[2]),
+                exchange=EXCHANGE,
+                routing_key=template[0],
+            )
+        publish_elapsed = time.monotonic() - t0
+
+        def done() -> int:
+            if not record.exists():
+                return 0
+            with open(record) as f:
+                return sum(1 for _ in f)
+
+        arrived = wait_until(lambda: done() >= total, 60, interval=0.1)
+    ch.close()
+    latencies = sorted(float(x) for x in record.read_text().split()) if record.exists() else []
+    stop_worker(worker)
+    brokers.delete_pulse_queue(queue)
+    brokers.purge_celery()
+
+    def pct(p: float) -> float:
+        return (
+            latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 if latencies else float("nan")
+        )
+
+    result = {
+        "policy": policy,
+        "offered": total / publish_elapsed,
+        "sent": total,
+        "ran": len(latencies),
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "max_ms": latencies[-1] * 1000 if latencies else float("nan"),
+        "max_ready": depth.max_ready,
+        "max_total": depth.max_total,
+        "ctl_samples": depth.ctl_samples,
+        "complete": arrived,
+    }
+    print(
+        f"  latency {policy}: offered {result['offered']:,.0f} msg/s for {publish_elapsed:.1f} s; "
+        f"{len(latencies)}/{total} tasks ran; p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
+        f"max {result['max_ms']:.1f} ms; Pulse queue depth max {depth.max_ready} ready (passive, 20 ms), "
+        f"{depth.max_total} ready+unacked ({depth.ctl_samples} rabbitmqctl samples)"
+    )
+    return result
+
+
+# -- main ------------------------------------------------------------------------------
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if not a or not b:
+        return None
+    return a / b
+
+
+def fmt_ratio(r: float | None) -> str:
+    return "-" if r is None else f"{r:.2f}x"
+
+
+def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=20000, help="messages per throughput phase (default 20000)")
+    p.add_argument(
+        "--rate", type=float, default=1000, help="offered msg/s in the latency phase (default 1000)"
+    )
+    p.add_argument(
+        "--latency-seconds", type=float, default=10, help="length of the latency phase (default 10)"
+    )
+    p.add_argument("--latency-policies", default="enqueue,complete", help="default: enqueue,complete")
+    p.add_argument("--concurrency", type=int, default=2, help="prefork pool size (default 2)")
+    p.add_argument("--queue-type", choices=("quorum", "classic"), default="quorum", help="Pulse queue type")
+    p.add_argument(
+        "--phases", default=",".join(ALL_PHASES), help=f"throughput phases (default {','.join(ALL_PHASES)})"
+    )
+    p.add_argument("--skip-latency", action="store_true")
+    p.add_argument("--skip-rss", action="store_true")
+    p.add_argument(
+        "--py-spy", action="store_true", help="profile the enqueue and complete workers (slows them)"
+    )
+    p.add_argument("--workdir", type=Path, help="where worker logs go (default: a temporary directory)")
+    return p.parse_args(argv)
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    args = parse_args(argv)
+    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    unknown = set(phases) - set(ALL_PHASES)
+    if unknown:
+        raise SystemExit(f"unknown phases: {', '.join(sorted(unknown))}")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pulse-celery-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+
+    import celery
+    import kombu
+
+    import pulse_celery
+
+    print(
+        f"pulse_celery benchmark: N={args.n}, {os.cpu_count()} CPUs, prefork -c {args.concurrency}, "
+        f"Pulse queue {args.queue_type}, pulse_celery {pulse_celery.__version__}, "
+        f"celery {celery.__version__}, "
+        f"kombu {kombu.__version__}, py-amqp {amqp.__version__}, Python {sys.version.split()[0]}"
+    )
+    print(f"worker logs: {workdir}")
+    brokers = Brokers(args.queue_type)
+    rates: dict[str, float] = {}
+    rss: dict[str, Any] | None = None
+    latency: list[dict[str, Any]] = []
+    try:
+        brokers.setup()
+        print(
+            f"vhosts: {brokers.pulse.vhost} (Pulse-like, user {brokers.pulse.user}), "
+            f"{brokers.celery_vhost} (Celery)"
+        )
+        messages = pulse_messages(args.n)
+        print(
+            f"{args.n} Taskcluster task-completed messages, {len(messages[0][1])} bytes of JSON each, "
+            "3 CC routes"
+        )
+        sys.stdout.flush()
+        if "ceiling" in phases:
+            rates["ceiling"] = phase_ceiling(brokers, messages)
+        if "handwritten" in phases:
+            rates["handwritten"] = phase_handwritten(brokers, messages)
+        if "enqueue" in phases:
+            rates["enqueue"] = phase_enqueue(brokers, messages, workdir, args.concurrency, args.py_spy)
+        if "celery" in phases:
+            rates["celery"] = phase_celery(brokers, messages, workdir, args.concurrency)
+        if "complete" in phases:
+            rates["complete"] = phase_complete(brokers, messages, workdir, args.concurrency, args.py_spy)
+        if not args.skip_rss:
+            rss = phase_rss(brokers, messages, workdir, args.concurrency)
+        if not args.skip_latency:
+            for policy in [p.strip() for p in args.latency_policies.split(",") if p.strip()]:
+                latency.append(
+                    phase_latency(brokers, workdir, policy, args.rate, args.latency_seconds, args.concurrency)
+                )
+    except KeyboardInterrupt:
+        print("interrupted: cleaning up")
+        return 130
+    finally:
+        for proc in list(SIDE_PROCESSES):
+            proc.kill()
+        for worker in list(WORKERS):
+            worker.kill()
+        brokers.teardown()
+
+    print()
+    print(f"Throughput, N={args.n} (msg/s; ratio to the ceiling, phase 1)")
+    labels = {
+        "ceiling": "1  ceiling: bare kombu consumer, ack each (prefetch 200)",
+        "handwritten": "2  hand-written: apply_async + confirm_publish, then ack",
+        "enqueue": f"3  pulse_celery enqueue, celery worker -c {args.concurrency}",
+        "celery": f"4a Celery's own: no-op task from a Celery queue, -c {args.concurrency}",
+        "complete": f"4b pulse_celery complete: no-op task, prefork -c {args.concurrency}",
+    }
+    ceiling = rates.get("ceiling")
+    for key in ("ceiling", "handwritten", "enqueue", "celery", "complete"):
+        if key in rates:
+            print(f"  {labels[key]:<64} {rates[key]:>8,.0f}  {fmt_ratio(ratio(rates[key], ceiling)):>7}")
+    print()
+    print("Targets (issue 4)")
+    failed = False
+
+    def line(ok: bool, text: str) -> None:
+        nonlocal failed
+        failed = failed or not ok
+        print(f"  {verdict(ok)}  {text}")
+
+    r = ratio(rates.get("enqueue"), rates.get("handwritten"))
+    if r is not None or ("enqueue" in phases and "handwritten" in phases):
+        line(
+            r is not None and r >= T_ENQUEUE_VS_HAND,
+            f"enqueue / hand-written = {fmt_ratio(r)} (target >= {T_ENQUEUE_VS_HAND:g}x)",
+        )
+    r = ratio(rates.get("enqueue"), rates.get("ceiling"))
+    if r is not None or ("enqueue" in phases and "ceiling" in phases):
+        line(
+            r is not None and r >= T_ENQUEUE_VS_CEILING,
+            f"enqueue / ceiling = {fmt_ratio(r)} (target >= {T_ENQUEUE_VS_CEILING:g}x)",
+        )
+    r = ratio(rates.get("complete"), rates.get("celery"))
+    if r is not None or ("complete" in phases and "celery" in phases):
+        line(
+            r is not None and r >= T_COMPLETE_VS_CELERY,
+            f"complete / Celery's own = {fmt_ratio(r)} (target >= {T_COMPLETE_VS_CELERY:g}x)",
+        )
+    if rss is not None:
+        delta = rss["peak_main_mb"] - rss["idle_main_mb"]
+        line(
+            rss["drained"] and delta <= T_RSS_MB,
+            f"worker main process RSS, backlog {rss['backlog']} ready: peak "
+            f"{rss['peak_main_mb']:.1f} MB vs idle {rss['idle_main_mb']:.1f} MB = +{delta:.1f} MB "
+            f"(target <= +{T_RSS_MB:g} MB; the issue's backlog is 100,000)",
+        )
+        print(
+            f"  info  pool children RSS (sum): idle {rss['idle_kids_mb']:.1f} MB, "
+            f"peak {rss['peak_kids_mb']:.1f} MB "
+            f"(+{rss['peak_kids_mb'] - rss['idle_kids_mb']:.1f} MB)"
+        )
+    for lat in latency:
+        note = "" if args.rate == T_DEPTH_RATE else f"; the target is defined at {T_DEPTH_RATE:,} msg/s"
+        depth = max(lat["max_ready"], lat["max_total"])
+        line(
+            lat["complete"] and lat["ran"] >= lat["sent"] and depth < T_DEPTH,
+            f"{lat['policy']}: Pulse queue depth at {lat['offered']:,.0f} msg/s offered: max {depth} "
+            f"(target < {T_DEPTH}{note}); {lat['ran']}/{lat['sent']} ran",
+        )
+        print(
+            f"  info  {lat['policy']}: latency publish -> task start p50 {lat['p50_ms']:.1f} ms, "
+            f"p99 {lat['p99_ms']:.1f} ms (no target)"
+        )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
