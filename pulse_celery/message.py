@@ -12,7 +12,7 @@ The metadata travels with the task as the ``pulse`` header, so a task reads it w
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from amqp import Message as AmqpMessage
@@ -46,9 +46,18 @@ class PulseMessage:
         return (self.routing_key, *self.routes)
 
     def as_header(self) -> dict[str, Any]:
-        header = asdict(self)
-        header["routes"] = list(self.routes)
-        return header
+        # Built by hand: dataclasses.asdict deep-copies, and this runs once per message.
+        return {
+            "exchange": self.exchange,
+            "routing_key": self.routing_key,
+            "routes": list(self.routes),
+            "redelivered": self.redelivered,
+            "queue": self.queue,
+        }
+
+    def describe(self) -> str:
+        """A short stand-in for the payload in Celery's logs and events (``argsrepr``)."""
+        return f"(<Pulse message from {self.exchange} {self.routing_key}>,)"
 
     @classmethod
     def from_header(cls, header: dict[str, Any]) -> PulseMessage:
