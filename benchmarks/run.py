@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from celery import Celery  # noqa: E402
 from kombu import Connection, Consumer, Queue  # noqa: E402
 
-from pulse_celery.testing import PulseLikeBroker, _rabbitmqctl, taskcluster_message  # noqa: E402
+from pulse_celery.testing import PulseLikeBroker, _rabbitmqctl, queue_counts, taskcluster_message  # noqa: E402
 from tests.integration.harness import Worker  # noqa: E402
 
 EXCHANGE = "exchange/taskcluster-queue/v1/task-completed"
@@ -122,14 +122,7 @@ class Brokers:
         return self.pulse.queue_counts(name)
 
     def celery_counts(self, name: str = CELERY_QUEUE) -> tuple[int, int] | None:
-        out = _rabbitmqctl(
-            "list_queues", "-p", self.celery_vhost, "name", "messages_ready", "messages_unacknowledged"
-        )
-        for line in out.splitlines():
-            parts = line.split("\t")
-            if parts and parts[0] == name:
-                return int(parts[1]), int(parts[2])
-        return None
+        return queue_counts(self.celery_vhost, name)
 
 
 def amqp_connect(vhost: str, user: str = "guest", password: str = "guest") -> amqp.Connection:
@@ -419,6 +412,21 @@ class Profiler:
 # -- phases --------------------------------------------------------------------------
 
 
+def consume_timed(brokers: Brokers, queue: str, on_message: Any, more: Any, prefetch: int) -> float:
+    """Consume ``queue`` with a plain kombu consumer while ``more()``; return the seconds taken."""
+    with Connection(brokers.pulse.url) as conn:
+        ch = conn.channel()
+        ch.basic_qos(0, prefetch, False)
+        consumer = Consumer(ch, queues=[Queue(queue, no_declare=True)], on_message=on_message)
+        t0 = time.monotonic()
+        consumer.consume()
+        while more():
+            conn.drain_events(timeout=30)
+        elapsed = time.monotonic() - t0
+        consumer.cancel()
+    return elapsed
+
+
 def phase_ceiling(brokers: Brokers, messages: list, prefetch: int = 200) -> float:
     """A bare kombu consumer on the Pulse queue that acks each message and does nothing else."""
     queue = brokers.pulse_queue("bench-ceiling")
@@ -431,16 +439,7 @@ def phase_ceiling(brokers: Brokers, messages: list, prefetch: int = 200) -> floa
         message.ack()
         count += 1
 
-    with Connection(brokers.pulse.url) as conn:
-        ch = conn.channel()
-        ch.basic_qos(0, prefetch, False)
-        consumer = Consumer(ch, queues=[Queue(queue, no_declare=True)], on_message=on_message)
-        t0 = time.monotonic()
-        consumer.consume()
-        while count < n:
-            conn.drain_events(timeout=30)
-        elapsed = time.monotonic() - t0
-        consumer.cancel()
+    elapsed = consume_timed(brokers, queue, on_message, lambda: count < n, prefetch)
     ok, counts = verify_empty(lambda: brokers.pulse_counts(queue))
     brokers.delete_pulse_queue(queue)
     return report_rate("ceiling", n, elapsed, ok, counts)
@@ -468,16 +467,7 @@ def phase_handwritten(brokers: Brokers, messages: list, prefetch: int = 200) -> 
         message.ack()
         count += 1
 
-    with Connection(brokers.pulse.url) as conn:
-        ch = conn.channel()
-        ch.basic_qos(0, prefetch, False)
-        consumer = Consumer(ch, queues=[Queue(queue, no_declare=True)], on_message=on_message)
-        t0 = time.monotonic()
-        consumer.consume()
-        while count < n:
-            conn.drain_events(timeout=30)
-        elapsed = time.monotonic() - t0
-        consumer.cancel()
+    elapsed = consume_timed(brokers, queue, on_message, lambda: count < n, prefetch)
     ok, counts = verify_empty(lambda: brokers.pulse_counts(queue))
     handed = brokers.celery_ready()
     app.close()

@@ -130,6 +130,16 @@ def _rabbitmqctl(*args: str) -> str:
     return result.stdout
 
 
+def queue_counts(vhost: str, name: str) -> tuple[int, int] | None:
+    """Return ``(ready, unacknowledged)`` for queue ``name`` in ``vhost``, or None if it does not exist."""
+    out = _rabbitmqctl("list_queues", "-p", vhost, "name", "messages_ready", "messages_unacknowledged")
+    for line in out.splitlines():
+        parts = line.split("\t")
+        if parts and parts[0] == name:
+            return int(parts[1]), int(parts[2])
+    return None
+
+
 @dataclass
 class PulseLikeBroker:
     """A vhost on a local RabbitMQ with a user that has exactly Pulse Guardian's permissions.
@@ -187,11 +197,4 @@ class PulseLikeBroker:
 
     def queue_counts(self, name: str) -> tuple[int, int] | None:
         """Return ``(ready, unacknowledged)`` for queue ``name``, or None if it does not exist."""
-        out = _rabbitmqctl(
-            "list_queues", "-p", self.vhost, "name", "messages_ready", "messages_unacknowledged"
-        )
-        for line in out.splitlines():
-            parts = line.split("\t")
-            if parts and parts[0] == name:
-                return int(parts[1]), int(parts[2])
-        return None
+        return queue_counts(self.vhost, name)
