@@ -164,7 +164,7 @@ class Dispatcher:
         app: Celery,
         config: PulseConfig,
         consumer: Any,
-        handoff: Handoff | None,
+        handoff: Handoff,
         on_handoff_failed: Callable[[BaseException], None],
     ) -> None:
         self.app = app
@@ -274,10 +274,6 @@ class Dispatcher:
             letter.id,
             self.dead_letter_route.routing_key,
         )
-        if self.handoff is None:  # no store to keep it in: never ack what was not kept
-            delivery.reject(requeue=True)
-            return
-
         def on_failed(exc: BaseException) -> None:
             logger.warning(
                 "Dead letter %s not confirmed by the Celery broker (%s); the Pulse message goes back "
@@ -291,7 +287,6 @@ class Dispatcher:
         self.handoff.publish(as_task_message(letter), self.dead_letter_route, delivery.ack, on_failed)
 
     def _enqueue(self, delivery: PulseDelivery, binding: Binding, task_message: TaskMessage) -> None:
-        assert self.handoff is not None
 
         def on_failed(exc: BaseException) -> None:
             logger.warning(
