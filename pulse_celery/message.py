@@ -7,6 +7,7 @@ The metadata travels with the task as the ``pulse`` header, so a task reads it w
     def on_task_completed(self, payload):
         msg = pulse_message(self.request)
         msg.exchange, msg.routing_key, msg.routes, msg.redelivered
+        msg.taskcluster["taskId"]  # Taskcluster exchanges: the routing key by name
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from amqp import Message as AmqpMessage
 
 from .errors import ContentRefused, UndecodableBody
+from .taskcluster import TaskclusterKey, routing_fields
 
 #: Content types taken as JSON; anything else (pickle, YAML, msgpack, ...) is refused unread.
 JSON_CONTENT_TYPES = frozenset({"application/json", "text/json", ""})
@@ -44,6 +46,15 @@ class PulseMessage:
     def routing_keys(self) -> tuple[str, ...]:
         """The primary routing key followed by the CC routes: every key the message carries."""
         return (self.routing_key, *self.routes)
+
+    @property
+    def taskcluster(self) -> TaskclusterKey | None:
+        """The Taskcluster routing key by name and the task's routes; None off Taskcluster's exchanges.
+
+        ``msg.taskcluster["taskId"]``, ``msg.taskcluster.routes`` (CC routes without ``route.``);
+        see :func:`pulse_celery.taskcluster.routing_fields`.
+        """
+        return routing_fields(self)
 
     def as_header(self) -> dict[str, Any]:
         # Built by hand: dataclasses.asdict deep-copies, and this runs once per message.
