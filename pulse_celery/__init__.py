@@ -16,10 +16,12 @@ from .errors import (
     ContentRefused,
     HandoffFailed,
     NoMatchingBinding,
+    PayloadMismatch,
     PulseCeleryError,
     UndecodableBody,
 )
 from .message import PulseMessage, pulse_message
+from .taskcluster import TaskclusterKey, routing_fields
 
 __version__ = "0.1.0"
 
@@ -32,10 +34,12 @@ __all__ = [
     "ContentRefused",
     "HandoffFailed",
     "NoMatchingBinding",
+    "PayloadMismatch",
     "PulseCeleryError",
     "PulseConfig",
     "PulseMessage",
     "PulseStep",
+    "TaskclusterKey",
     "UndecodableBody",
     "__version__",
     "app_bindings",
@@ -43,4 +47,5 @@ __all__ = [
     "load_config",
     "pulse_binding",
     "pulse_message",
+    "routing_fields",
 ]

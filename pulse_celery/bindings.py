@@ -9,7 +9,7 @@ the registry of bindings: :func:`app_bindings` reads them back.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from celery import Celery, Task
@@ -17,6 +17,8 @@ from celery.local import PromiseProxy
 
 from .config import ACK_POLICIES
 from .errors import BindingError
+from .payloads import check_payload, check_payload_type
+from .payloads import install as install_payload_type
 from .routing_keys import topic_matches, validate_pattern
 
 #: Attribute that holds the bindings on a task (or on a plain function under ``@app.task``).
@@ -37,10 +39,17 @@ class Binding:
     ack: str | None = None
     #: Name of the bound task; filled in when the app's bindings are read.
     task_name: str = ""
+    #: Type the task receives instead of the JSON object (a dataclass or pydantic model), or None.
+    payload: type | None = None
 
     def matches(self, exchange: str, routing_keys: Iterable[str]) -> bool:
         """Return True when a message from ``exchange`` with any of ``routing_keys`` fits."""
         return exchange == self.exchange and any(topic_matches(self.routing_key, key) for key in routing_keys)
+
+    def check_payload(self, data: Any) -> None:
+        """Raise :class:`~pulse_celery.errors.PayloadMismatch` if ``data`` does not fit ``payload``."""
+        if self.payload is not None:
+            check_payload(self.payload, data)
 
 
 def _exchange_name(value: Any) -> str:
@@ -109,6 +118,7 @@ def pulse_binding(
     queue: str | None,
     ack: str | None = None,
     all_messages: bool = False,
+    payload: type | None = None,
 ) -> Callable[[_T], _T]:
     """Bind the decorated Celery task to a Pulse exchange and routing-key pattern.
 
@@ -118,6 +128,11 @@ def pulse_binding(
     Celery broker) or ``"complete"`` (run the task in this worker and ack when it finishes);
     the default is ``app.conf.pulse_ack_policy``. A pattern of only ``#`` must be asked for
     with ``all_messages=True``.
+
+    ``payload`` (a dataclass or pydantic v2 model) makes the task receive an instance of it
+    instead of the JSON object; a message whose payload does not fit it is dead-lettered as
+    bad input (``payload-mismatch``) and never reaches the task. Every binding of one task
+    names the same ``payload`` (see :mod:`pulse_celery.payloads`).
     """
     name, pattern = normalize_reference(exchange, routing_key)
     validate_pattern(pattern, allow_all=all_messages)
@@ -125,7 +140,9 @@ def pulse_binding(
         validate_queue_suffix(queue)
     if ack is not None and ack not in ACK_POLICIES:
         raise BindingError(f"ack={ack!r} is not one of {ACK_POLICIES}")
-    binding = Binding(exchange=name, routing_key=pattern, queue=queue, ack=ack)
+    if payload is not None:
+        check_payload_type(payload)
+    binding = Binding(exchange=name, routing_key=pattern, queue=queue, ack=ack, payload=payload)
 
     def decorate(target: _T) -> _T:
         _attach(target, binding)
@@ -150,8 +167,18 @@ def _attach(target: Any, binding: Binding) -> None:
 
     def add(obj: Any) -> None:
         existing = tuple(getattr(obj, BINDINGS_ATTRIBUTE, ()))
+        # One conversion when the task runs, whichever binding the message came through.
+        others = {b.payload for b in existing} - {binding.payload}
+        if others:
+            named = sorted(getattr(t, "__name__", "None") for t in {binding.payload, *others})
+            raise BindingError(
+                f"the bindings of task {obj.name} name different payload types ({', '.join(named)}); "
+                "give every @pulse_binding of one task the same payload="
+            )
         # Decorators apply bottom-up: prepend to keep the order they are written in.
         setattr(obj, BINDINGS_ATTRIBUTE, (binding, *existing))
+        if binding.payload is not None:
+            install_payload_type(obj, binding.payload)
 
     install(_owning_app(target))
     if isinstance(target, PromiseProxy) and not target.__evaluated__():
@@ -170,5 +197,5 @@ def app_bindings(app: Celery) -> list[Binding]:
     found: list[Binding] = []
     for name in sorted(app.tasks):
         for binding in task_bindings(app.tasks[name]):
-            found.append(Binding(binding.exchange, binding.routing_key, binding.queue, binding.ack, name))
+            found.append(replace(binding, task_name=name))
     return found

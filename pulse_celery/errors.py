@@ -8,7 +8,8 @@ The tree::
     ├── BadMessage             a Pulse delivery that cannot become a task invocation
     │   ├── ContentRefused     not JSON, compressed, or too large: never decoded
     │   ├── UndecodableBody    JSON that does not parse (bad UTF-8, syntax, depth, huge ints)
-    │   └── NoMatchingBinding  came from an exchange or routing key no binding names
+    │   ├── NoMatchingBinding  came from an exchange or routing key no binding names
+    │   └── PayloadMismatch    JSON that does not fit the binding's payload type (model, dataclass)
     └── HandoffFailed          the task message did not reach the Celery broker safely
 
 Errors raised by the Pulse connection itself stay inside the worker step: they are
@@ -56,6 +57,16 @@ class NoMatchingBinding(BadMessage):
     """A delivery from an exchange or routing key that no declared binding names."""
 
     reason = "no-binding"
+
+
+class PayloadMismatch(BadMessage):
+    """A decoded payload that does not fit the ``payload=`` type of its binding.
+
+    At ingest it is dead-lettered before any task message exists; raised inside a task (a
+    payload sent the ordinary Celery way, or replayed), it fails that task.
+    """
+
+    reason = "payload-mismatch"
 
 
 class HandoffFailed(PulseCeleryError):
