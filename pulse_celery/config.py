@@ -64,6 +64,9 @@ class PulseConfig:
     #: A message delivered this many times without an ack goes to the dead-letter store
     #: instead of running again (counted by quorum queues: x-delivery-count).
     max_deliveries: int = 5
+    #: Port of the Prometheus /metrics endpoint in the worker's main process (needs
+    #: prometheus-client); None: no endpoint, Celery events instead.
+    metrics_port: int | None = None
 
     @property
     def use_ssl(self) -> bool:
@@ -163,6 +166,21 @@ def resolve_credentials(
     return f"{parts.scheme}://{netloc}", vhost, user, password
 
 
+def _metrics_port(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        port = -1
+    if not 0 < port < 65536:
+        raise ConfigError(
+            f"pulse_metrics_port {value!r} is not a TCP port (1-65535); set it to a free port for "
+            "the /metrics endpoint, or leave it unset"
+        )
+    return port
+
+
 def load_config(conf: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> PulseConfig:
     """Build the :class:`PulseConfig` from a Celery app's ``conf`` and the environment.
 
@@ -199,6 +217,7 @@ def load_config(conf: Mapping[str, Any], environ: Mapping[str, str] | None = Non
         depth_check_interval=float(_setting(conf, "depth_check_interval", 30.0)),
         consumer_timeout=float(_setting(conf, "consumer_timeout", 1800.0)),
         max_deliveries=int(_setting(conf, "max_deliveries", 5)),
+        metrics_port=_metrics_port(_setting(conf, "metrics_port", environ.get("PULSE_METRICS_PORT"))),
     )
     if config.ack_policy not in ACK_POLICIES:
         raise ConfigError(f"pulse_ack_policy {config.ack_policy!r} is not one of {ACK_POLICIES}")
