@@ -19,15 +19,19 @@ from functools import partial
 from typing import Any
 
 import click
+from amqp.exceptions import ChannelError, NotFound
 from celery import Celery, bootsteps
 from kombu import Connection
 
+from . import control as _control  # noqa: F401  (registers the pulse_* remote-control commands)
 from .bindings import app_bindings
 from .config import PulseConfig, load_config
 from .dispatch import Dispatcher
 from .errors import ConfigError
 from .eventloop import LoopConnection, Timers, backoff_delays, connect_in_background
 from .handoff import Handoff
+from .metrics import StatusReporter
+from .stats import ConnectionStats, QueueStats
 from .topology import QueuePlan, kombu_queue, plan_queues
 
 logger = logging.getLogger(__name__)
@@ -44,15 +48,20 @@ class Session:
         channel: Any,
         plans: list[QueuePlan],
         loop_connection: LoopConnection | None,
+        stats: dict[str, QueueStats] | None = None,
     ) -> None:
         self.connection = connection
         self.channel = channel
         self.plans = plans
         self.loop_connection = loop_connection
-        #: consumer tags of the queues being consumed
-        self.consumers: list[str] = []
+        #: consumer tag of each queue being consumed, by queue name
+        self.consumers: dict[str, str] = {}
         #: deliveries received, and acks, rejects and requeues sent, on this session's channel
         self.counts: Counter[str] = Counter()
+        #: deliveries received on this channel and not yet settled, by queue name
+        self.in_flight: Counter[str] = Counter()
+        #: the worker's cumulative figures of each queue, by queue name
+        self.stats: dict[str, QueueStats] = stats if stats is not None else {}
         self.opened_at = time.monotonic()
         #: queues currently over the depth warning
         self.deep_queues: set[str] = set()
@@ -76,8 +85,32 @@ class Session:
             return fun(*args)
         return None
 
-    def settled(self, what: str) -> None:
+    def delivered(self, queue: str, redelivered: bool) -> None:
+        """Count one delivery from ``queue``."""
+        self.counts["delivered"] += 1
+        self.in_flight[queue] += 1
+        stats = self.stats.get(queue)
+        if stats is not None:
+            stats.delivered += 1
+            if redelivered:
+                stats.redelivered += 1
+
+    def settled(self, what: str, queue: str | None = None) -> None:
+        """Count one ack, reject or requeue (``what``) sent for a delivery from ``queue``."""
         self.counts[what] += 1
+        if queue is None:
+            return
+        self.in_flight[queue] -= 1
+        stats = self.stats.get(queue)
+        if stats is not None:
+            stats.settled(what)
+
+    def dead_lettered(self, queue: str, why: str) -> None:
+        """Count one delivery from ``queue`` kept in the dead-letter store."""
+        stats = self.stats.get(queue)
+        if stats is not None:
+            stats.dead_lettered += 1
+            stats.error(why)
 
     def close(self) -> None:
         self._closed = True
@@ -98,6 +131,9 @@ class PulseConsumer:
     messages; ``draining`` during warm shutdown (no new deliveries, the connection stays open
     for the acks of finishing tasks); ``stopping`` once closed. Every callback that arrives
     from a connect thread or a timer checks the generation and the state before acting.
+
+    Remote control (:mod:`pulse_celery.control`) pauses, resumes and deletes single queues:
+    those choices live here, not on the session, so a reconnect keeps them.
     """
 
     #: A session that lived this long resets the reconnect backoff when it is lost.
@@ -109,7 +145,16 @@ class PulseConsumer:
         self.config = config
         self.hub = c.hub
         self.bindings = app_bindings(app)
-        plan_queues(config, self.bindings)  # validate now: a bad binding fails the worker start
+        plans = plan_queues(config, self.bindings)  # validate now: a bad binding fails the worker start
+        #: figures and remote-control state of each queue, by queue_key(); for the worker's life
+        self.queue_stats: dict[str, QueueStats] = {
+            queue_key(plan): QueueStats(plan.name, plan.task_name) for plan in plans
+        }
+        #: the latest plan of each queue, by queue_key()
+        self._plans: dict[str, QueuePlan] = {queue_key(plan): plan for plan in plans}
+        self.connection_stats = ConnectionStats()
+        self._link = "connecting"  # or "lost": what the state is while there is no session
+        self._lost_at: float | None = None
         self._check_policies()
         # Task messages (enqueue) and dead letters (both policies) go through the hand-off.
         self.handoff = Handoff(app, self.hub, self._on_handoff_ready)
@@ -122,6 +167,9 @@ class PulseConsumer:
         self._timers = Timers(self.hub)
         self._reconnect_delay = backoff_delays()
         self._pause_delay = backoff_delays(first=1.0, maximum=30.0)
+        # Prometheus when pulse_metrics_port is set (checked here: fails the worker start),
+        # Celery events otherwise.
+        self.reporter = StatusReporter(c, config, self.status)
 
     def _check_policies(self) -> None:
         for binding in self.bindings:
@@ -164,6 +212,7 @@ class PulseConsumer:
                 "do not run; use the prefork, threads or solo pool for Pulse workers, or start this "
                 "worker with --no-pulse"
             )
+        self.reporter.start(self._timers)
         if self.handoff is not None:
             self.handoff.start()
         self._connect()
@@ -171,6 +220,8 @@ class PulseConsumer:
     def _connect(self) -> None:
         self.generation += 1
         generation = self.generation
+        self._link = "connecting"
+        self._state_changed()
         if self.config.is_memory:
             self._on_open((generation, self._open_shared()))
             return
@@ -184,7 +235,11 @@ class PulseConsumer:
         )
 
     def _declare(self, channel: Any) -> list[QueuePlan]:
-        plans = plan_queues(self.config, self.bindings)  # fresh anonymous names each time
+        plans = [  # fresh anonymous names each time; a queue deleted by remote control stays so
+            plan
+            for plan in plan_queues(self.config, self.bindings)
+            if not self.queue_stats[queue_key(plan)].deleted
+        ]
         for plan in plans:
             kombu_queue(self.config, plan).bind(channel).declare()
         return plans
@@ -219,18 +274,37 @@ class PulseConsumer:
                 connection, self.hub, partial(self._on_lost, generation), "Pulse"
             )
             loop_connection.attach()
-        self.session = Session(connection, channel, plans, loop_connection)
+        stats = {}
+        for plan in plans:
+            key = queue_key(plan)
+            self._plans[key] = plan
+            stats[plan.name] = self.queue_stats[key]
+            stats[plan.name].name = plan.name  # an anonymous queue has a new name each time
+        self.session = Session(connection, channel, plans, loop_connection, stats)
+        self.connection_stats.connects += 1
+        again = ""
+        if self._lost_at is not None:
+            again = f" again, {time.monotonic() - self._lost_at:.1f} s after it was lost"
+            self._lost_at = None
         logger.info(
-            "Connected to Pulse at %s; queues: %s",
+            "Connected to Pulse at %s%s; queues: %s",
             self.config.safe_url(),
-            ", ".join(f"{p.name} -> {p.task_name}" for p in plans),
+            again,
+            ", ".join(f"{p.name} -> {p.task_name}{self._paused_note(p)}" for p in plans) or "none",
         )
         self._timers.later(self.config.depth_check_interval, self._check_depths, self.session)
         self._consume_if_ready()
+        self._state_changed()
+
+    def _paused_note(self, plan: QueuePlan) -> str:
+        return " (paused by remote control)" if self.queue_stats[queue_key(plan)].paused else ""
 
     def _on_open_failed(self, generation: int, exc: BaseException) -> None:
         if generation != self.generation or not self.active:
             return
+        self.connection_stats.error(describe_error(exc, self.config))
+        self._link = "lost"
+        self._state_changed()
         delay = self._reconnect_delay()
         logger.error(
             "Cannot connect to Pulse at %s: %s; nothing is consumed until it works; retrying in %.1f s",
@@ -245,6 +319,10 @@ class PulseConsumer:
         if generation != self.generation or session is None:
             return
         self.session = None
+        self._link = "lost"
+        self._lost_at = time.monotonic()
+        self.connection_stats.losses += 1
+        self.connection_stats.error(describe_error(exc, self.config))
         if time.monotonic() - session.opened_at > self.HEALTHY_AFTER:
             self._reconnect_delay = backoff_delays()
         delay = self._reconnect_delay()
@@ -257,6 +335,7 @@ class PulseConsumer:
         )
         if self.active:
             self._timers.later(delay, self._reconnect)
+        self._state_changed()
 
     def _reconnect(self) -> None:
         if self.active and self.session is None:
@@ -280,7 +359,7 @@ class PulseConsumer:
 
     def _consume_if_ready(self) -> None:
         session = self.session
-        if session is None or not session.alive or session.consuming or self.paused or not self.active:
+        if session is None or not session.alive or self.paused or not self.active:
             return
         if self.handoff is not None and not self.handoff.ready:
             logger.info("Pulse consumption waits for the hand-off connection to the Celery broker")
@@ -288,7 +367,11 @@ class PulseConsumer:
         session.guard(self._start_consumers, session)
 
     def _start_consumers(self, session: Session) -> None:
+        """Consume every queue not consumed yet, except those paused or deleted by remote control."""
         for plan in session.plans:
+            stats = self.queue_stats[queue_key(plan)]
+            if plan.name in session.consumers or stats.paused or stats.deleted:
+                continue
             self._consume(session, plan)
 
     def _consume(self, session: Session, plan: QueuePlan) -> None:
@@ -302,12 +385,17 @@ class PulseConsumer:
             consumer_tag=tag,
             on_cancel=partial(self._on_cancelled_by_broker, session, plan),
         )
-        session.consumers.append(tag)
+        session.consumers[plan.name] = tag
 
     def _on_cancelled_by_broker(self, session: Session, plan: QueuePlan, tag: str) -> None:
         """The broker cancelled our consumer: the queue was deleted (Pulse Guardian does that)."""
-        if tag in session.consumers:
-            session.consumers.remove(tag)
+        if session.consumers.get(plan.name) == tag:
+            del session.consumers[plan.name]
+        stats = self.queue_stats[queue_key(plan)]
+        if stats.deleted:
+            return  # deleted by our own pulse_delete (on another worker): stays deleted
+        stats.error("the queue was deleted under this worker (Pulse Guardian?); declared again")
+        self._state_changed()
         logger.error(
             "Pulse queue %s was deleted under this worker (Pulse Guardian deletes queues that grow "
             "past its limit): messages published to its exchanges while it was gone are LOST for "
@@ -321,14 +409,22 @@ class PulseConsumer:
     def _redeclare(self, session: Session, plan: QueuePlan) -> None:
         if session is not self.session or not session.alive or not self.active:
             return
+        stats = self.queue_stats[queue_key(plan)]
+        if stats.deleted:
+            return
 
         def redeclare() -> None:
             kombu_queue(self.config, plan).bind(session.channel).declare()
-            if not self.paused:
+            if not self.paused and not stats.paused:
                 self._consume(session, plan)
-            logger.warning("Pulse queue %s declared again with its bindings; consuming", plan.name)
+            logger.warning(
+                "Pulse queue %s declared again with its bindings; %s",
+                plan.name,
+                "paused by remote control" if stats.paused else "consuming",
+            )
 
         session.guard(redeclare)
+        self._state_changed()
 
     def _check_depths(self, session: Session) -> None:
         """Warn well below Guardian's thresholds, once per crossing, while messages pile up."""
@@ -356,8 +452,8 @@ class PulseConsumer:
         self._timers.later(self.config.depth_check_interval, self._check_depths, session)
 
     def _stop_consumers(self, session: Session) -> None:
-        tags, session.consumers = session.consumers, []
-        for tag in tags:
+        tags, session.consumers = session.consumers, {}
+        for tag in tags.values():
             session.guard(session.channel.basic_cancel, tag)
 
     def _on_handoff_ready(self, ready: bool) -> None:
@@ -367,6 +463,7 @@ class PulseConsumer:
         elif self.session is not None and self.session.consuming:
             logger.warning("Pulse consumption paused until the Celery broker is reachable again")
             self._stop_consumers(self.session)
+        self._state_changed()
 
     def _on_handoff_failed(self, exc: BaseException) -> None:
         """Stop taking Pulse deliveries for a while instead of cycling them through requeue."""
@@ -375,13 +472,18 @@ class PulseConsumer:
         self.paused = True
         delay = self._pause_delay()
         logger.warning("Pulse consumption paused for %.1f s: the Celery broker refused a task message", delay)
+        self.connection_stats.error(f"the Celery broker refused a task message: {exc}")
         if self.session is not None:
             self._stop_consumers(self.session)
         self._timers.later(delay, self._resume)
+        self._state_changed()
 
     def _resume(self) -> None:
         self.paused = False
         self._consume_if_ready()
+        if self.session is not None and self.session.consuming:
+            logger.info("Pulse consumption resumed: the Celery broker takes task messages again")
+        self._state_changed()
 
     # -- stopping ------------------------------------------------------------------
 
@@ -408,6 +510,7 @@ class PulseConsumer:
                 session.loop_connection.stop_reading()
         if self.handoff is not None:
             self.handoff.stop_reading()
+        self._state_changed()
 
     def shutdown(self) -> None:
         """The pool has drained: send the last acks, then close."""
@@ -429,6 +532,216 @@ class PulseConsumer:
             session.close()
         if self.handoff is not None:
             self.handoff.close()
+        self._state_changed()
+
+    # -- remote control, status -----------------------------------------------------
+    # Called on the event loop's thread (Celery runs remote-control commands there), except
+    # status(), which the Prometheus exporter also calls from its HTTP thread: it only reads.
+
+    def state(self) -> str:
+        """The connection's state, one of :data:`pulse_celery.stats.CONNECTION_STATES`."""
+        if self.stopping:
+            return "stopped"
+        if self.draining:
+            return "draining"
+        session = self.session
+        if session is None or not session.alive:
+            return self._link
+        if self.paused or (self.handoff is not None and not self.handoff.ready):
+            return "paused-by-handoff"
+        return "consuming" if session.consuming else "connected"
+
+    def _state_changed(self, queues_changed: bool = False) -> None:
+        """Report a new state of the connection or of queues (as a Celery event; callers log it)."""
+        if self.connection_stats.enter(self.state()) or queues_changed:
+            self.reporter.changed()
+
+    def status(self) -> dict[str, Any]:
+        """Return what ``pulse_status`` replies: the connection, then each queue's figures."""
+        session = self.session
+        live = session is not None and session.alive
+        queues = {}
+        for key, stats in list(self.queue_stats.items()):
+            plan = self._plans[key]
+            if stats.deleted:
+                state = "deleted"
+            elif stats.paused:
+                state = "paused"
+            elif live and session is not None and stats.name in session.consumers:
+                state = "consuming"
+            else:
+                state = "waiting"
+            in_flight = session.in_flight[stats.name] if live and session is not None else 0
+            queues[stats.name] = stats.snapshot(
+                state=state, prefetch=self.prefetch_for(plan), in_flight=in_flight
+            )
+        return {
+            "connection": {**self.connection_stats.snapshot(), "url": self.config.safe_url()},
+            "queues": queues,
+        }
+
+    def select(self, queue: str | None) -> list[str]:
+        """Return the keys of the queues ``queue`` names (all when None); LookupError if none.
+
+        A queue is named by its full name (``queue/alice/builds``), by the name given to
+        ``@pulse_binding`` (``builds``), or by its task's name (for anonymous queues).
+        """
+        if not queue:
+            return list(self.queue_stats)
+        own = f"queue/{self.config.user}/"
+        keys = [
+            key
+            for key, stats in self.queue_stats.items()
+            if queue in (stats.name, key, stats.task) or own + queue == stats.name
+        ]
+        if not keys:
+            known = ", ".join(s.name for s in self.queue_stats.values()) or "none"
+            raise LookupError(f"no Pulse queue {queue!r} in this worker; its queues: {known}")
+        return keys
+
+    def pause(self, queue: str | None = None) -> list[str]:
+        """Cancel the consumer of ``queue`` (every queue when None); it stays so across reconnects.
+
+        Deliveries already received are still acked or rejected on the same channel.
+        Return one line per queue for the reply.
+        """
+        lines = []
+        session = self.session
+        for key in self.select(queue):
+            stats = self.queue_stats[key]
+            if stats.deleted:
+                lines.append(f"{stats.name}: deleted by remote control; nothing to pause")
+                continue
+            if stats.paused:
+                lines.append(f"{stats.name}: already paused")
+                continue
+            stats.paused = True
+            in_flight = 0
+            if session is not None and session.alive:
+                in_flight = session.in_flight[stats.name]
+                tag = session.consumers.pop(stats.name, None)
+                if tag is not None:
+                    session.guard(session.channel.basic_cancel, tag)
+            logger.info(
+                "Pulse queue %s paused by remote control: no new deliveries; the %d in flight are "
+                "still acked; new messages wait in the queue on Pulse, where they count toward "
+                "Pulse Guardian's limits",
+                stats.name,
+                in_flight,
+            )
+            lines.append(f"{stats.name}: paused; {in_flight} deliveries in flight are still acked")
+        self._state_changed(queues_changed=True)
+        return lines
+
+    def resume(self, queue: str | None = None) -> list[str]:
+        """Consume ``queue`` (every queue when None) again after :meth:`pause`."""
+        lines = []
+        resumed = []
+        for key in self.select(queue):
+            stats = self.queue_stats[key]
+            if stats.deleted:
+                lines.append(
+                    f"{stats.name}: deleted by remote control; a restart of the worker declares it again"
+                )
+            elif not stats.paused:
+                lines.append(f"{stats.name}: not paused")
+            else:
+                stats.paused = False
+                resumed.append(stats)
+                lines.append(f"{stats.name}: resumed")
+        self._consume_if_ready()
+        for stats in resumed:
+            session = self.session
+            if session is not None and stats.name in session.consumers:
+                logger.info("Pulse queue %s resumed by remote control; consuming", stats.name)
+            else:
+                logger.info(
+                    "Pulse queue %s resumed by remote control; consuming once the connection allows "
+                    "(now: %s)",
+                    stats.name,
+                    self.state(),
+                )
+        self._state_changed(queues_changed=True)
+        return lines
+
+    def delete(self, queue: str) -> list[str]:
+        """Cancel the consumer of ``queue``, unbind it and delete it on Pulse.
+
+        This worker does not declare it again until it restarts; a restart does, because
+        the bindings are in the code. Refused while there is no Pulse connection.
+        """
+        keys = self.select(queue)
+        session = self.session
+        if session is None or not session.alive:
+            raise RuntimeError(
+                f"not connected to Pulse (state: {self.state()}); nothing was deleted; try again "
+                "once pulse_status shows the connection up"
+            )
+        lines = []
+        for key in keys:
+            stats = self.queue_stats[key]
+            if stats.deleted:
+                lines.append(f"{stats.name}: already deleted")
+                continue
+            plan = self._plans[key]
+            stats.deleted = True
+            stats.paused = False
+            in_flight = session.in_flight[stats.name]
+            tag = session.consumers.pop(stats.name, None)
+            if tag is not None:
+                session.guard(session.channel.basic_cancel, tag)
+            outcome = session.guard(drop_queue, session, plan)
+            if outcome is None or isinstance(outcome, ChannelError):
+                why = describe_error(outcome, self.config) if outcome else "the Pulse connection was lost"
+                stats.deleted = False
+                stats.error(f"pulse_delete failed: {why}")
+                logger.error("Pulse queue %s NOT deleted by remote control: %s", stats.name, why)
+                lines.append(f"{stats.name}: NOT deleted: {why}")
+                continue
+            session.plans = [p for p in session.plans if p.name != plan.name]
+            logger.warning(
+                "Pulse queue %s deleted by remote control (%s); its bindings are gone and messages "
+                "published to them are not kept for this worker; the %d deliveries in flight are "
+                "still acked; this worker will not declare it again, but a restart does",
+                stats.name,
+                outcome,
+                in_flight,
+            )
+            lines.append(
+                f"{stats.name}: deleted ({outcome}); {in_flight} deliveries in flight are still "
+                "acked; not declared again by this worker, but a restart of the worker declares it "
+                "again (its bindings are in the code)"
+            )
+        self._consume_if_ready()  # a queue that could not be deleted is consumed again
+        self._state_changed(queues_changed=True)
+        return lines
+
+
+def queue_key(plan: QueuePlan) -> str:
+    """Name a queue across reconnects: its full name, or its task's for an anonymous queue."""
+    return plan.task_name if plan.anonymous else plan.name
+
+
+def drop_queue(session: Session, plan: QueuePlan) -> str | ChannelError:
+    """Unbind ``plan``'s bindings and delete its queue, on a channel of its own.
+
+    A channel error (permission refused, say) closes only that channel, never the one that
+    carries the deliveries: it is returned, not raised. Connection errors propagate (the
+    caller guards).
+    """
+    channel = session.connection.connection.channel()
+    try:
+        for b in plan.bindings:
+            channel.queue_unbind(queue=plan.name, exchange=b.exchange, routing_key=b.routing_key)
+        dropped = channel.queue_delete(plan.name)
+    except NotFound:
+        return "it was already gone"
+    except ChannelError as exc:
+        return exc
+    finally:
+        if channel.is_open:
+            channel.close()
+    return f"{dropped or 0} ready messages dropped with it"
 
 
 def describe_error(exc: BaseException, config: PulseConfig) -> str:

@@ -72,7 +72,7 @@ class PulseDelivery:
             )
             return
         self.session.guard(action)
-        self.session.settled(what)
+        self.session.settled(what, self.meta.queue)
 
 
 class TaskDeliveryMessage(Message):
@@ -202,7 +202,7 @@ class Dispatcher:
             queue=plan.name,
         )
         delivery = PulseDelivery(raw, meta, session)
-        session.counts["delivered"] += 1
+        session.delivered(plan.name, meta.redelivered)
         logger.debug("Pulse delivery %s from %s (%s)", raw.delivery_tag, meta.exchange, meta.routing_key)
         if problem is not None:
             self.dead_letter(
@@ -247,7 +247,11 @@ class Dispatcher:
         check_content(
             raw.content_type, raw.content_encoding, raw.headers, len(raw.body), self.config.max_body_size
         )
-        return binding, decode_body(raw.body)
+        payload = decode_body(raw.body)
+        if binding.payload is not None:
+            # Bad input: dead-lettered here; the task message still carries the JSON object.
+            binding.check_payload(payload)
+        return binding, payload
 
     def dead_letter(self, delivery: PulseDelivery, task_name: str, reason: str, detail: str) -> None:
         """Keep ``delivery`` in the dead-letter store, then ack it; requeue it if that fails."""
@@ -284,7 +288,11 @@ class Dispatcher:
             delivery.reject(requeue=True)
             self.on_handoff_failed(exc)
 
-        self.handoff.publish(as_task_message(letter), self.dead_letter_route, delivery.ack, on_failed)
+        def on_kept() -> None:
+            delivery.session.dead_lettered(meta.queue, f"dead-lettered ({reason}): {detail}")
+            delivery.ack()
+
+        self.handoff.publish(as_task_message(letter), self.dead_letter_route, on_kept, on_failed)
 
     def _enqueue(self, delivery: PulseDelivery, binding: Binding, task_message: TaskMessage) -> None:
 
