@@ -50,13 +50,15 @@ class PulseDelivery:
         self.settled = False
 
     def ack(self) -> None:
-        self._settle("ack", lambda: self.session.channel.basic_ack(self.delivery_tag))
+        # Sent with the other acks of this turn of the loop, maybe as one (acks.py).
+        self._settle("ack", lambda: self.session.acker.ack(self.delivery_tag))
 
     def reject(self, requeue: bool) -> None:
-        self._settle(
-            "requeue" if requeue else "reject",
-            lambda: self.session.channel.basic_reject(self.delivery_tag, requeue),
-        )
+        def send() -> None:
+            self.session.channel.basic_reject(self.delivery_tag, requeue)
+            self.session.acker.rejected(self.delivery_tag)
+
+        self._settle("requeue" if requeue else "reject", send)
 
     def _settle(self, what: str, action: Callable[[], None]) -> None:
         if self.settled:
@@ -202,6 +204,7 @@ class Dispatcher:
             queue=plan.name,
         )
         delivery = PulseDelivery(raw, meta, session)
+        session.acker.delivered(raw.delivery_tag)
         session.counts["delivered"] += 1
         logger.debug("Pulse delivery %s from %s (%s)", raw.delivery_tag, meta.exchange, meta.routing_key)
         if problem is not None:
