@@ -24,6 +24,7 @@ from celery import Celery, bootsteps
 from kombu import Connection
 
 from . import control as _control  # noqa: F401  (registers the pulse_* remote-control commands)
+from .acks import Acker
 from .bindings import app_bindings
 from .config import PulseConfig, load_config
 from .dispatch import Dispatcher
@@ -66,6 +67,11 @@ class Session:
         #: queues currently over the depth warning
         self.deep_queues: set[str] = set()
         self._closed = False
+        #: sends this channel's acks, several in one frame where it can (see acks.py)
+        self.acker = Acker(
+            lambda tag, multiple: self.guard(channel.basic_ack, tag, multiple),
+            loop_connection.hub.call_soon if loop_connection is not None else None,
+        )
 
     @property
     def alive(self) -> bool:
@@ -506,6 +512,9 @@ class PulseConsumer:
         if session is not None:
             logger.info("Warm shutdown: no new Pulse deliveries; finishing the ones in flight")
             self._stop_consumers(session)
+            # The loop may not turn again: acks go out as they come from now on.
+            session.acker.immediate = True
+            session.acker.flush()
             if session.loop_connection is not None:
                 session.loop_connection.stop_reading()
         if self.handoff is not None:
@@ -529,6 +538,7 @@ class PulseConsumer:
                 why,
                 self.in_flight(session),
             )
+            session.acker.flush()  # acks already decided on must not be redelivered
             session.close()
         if self.handoff is not None:
             self.handoff.close()

@@ -183,8 +183,8 @@ def replay(app: Celery, ids: list[str] | None = None) -> int:
     with its Pulse metadata and ``redelivered`` set; the dead letter is removed only after.
     A dead letter whose body still does not decode stays in the store.
     """
-    from .dispatch import build_task_message
     from .handoff import publish_with_producer, resolve_route
+    from .taskmessage import build_task_message
 
     wanted = set(ids) if ids else None
 

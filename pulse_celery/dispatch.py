@@ -16,10 +16,8 @@ from typing import Any
 
 from celery import Celery
 from celery.exceptions import InvalidTaskError
-from celery.utils import gen_unique_id
 from kombu.exceptions import ContentDisallowed, DecodeError
 from kombu.message import Message
-from kombu.serialization import dumps
 from vine import promise
 
 from .bindings import Binding
@@ -27,7 +25,8 @@ from .config import PulseConfig
 from .deadletters import as_task_message, dead_letter_route, make_dead_letter
 from .errors import BadMessage, HandoffFailed, NoMatchingBinding
 from .handoff import Handoff, Route, TaskMessage, resolve_route
-from .message import HEADER, PulseMessage, RawDelivery, cc_routes, check_content, decode_body, raw_delivery
+from .message import PulseMessage, RawDelivery, cc_routes, check_content, decode_body, raw_delivery
+from .taskmessage import TaskTemplate
 from .topology import QueuePlan
 
 logger = logging.getLogger(__name__)
@@ -50,13 +49,15 @@ class PulseDelivery:
         self.settled = False
 
     def ack(self) -> None:
-        self._settle("ack", lambda: self.session.channel.basic_ack(self.delivery_tag))
+        # Sent with the other acks of this turn of the loop, maybe as one (acks.py).
+        self._settle("ack", lambda: self.session.acker.ack(self.delivery_tag))
 
     def reject(self, requeue: bool) -> None:
-        self._settle(
-            "requeue" if requeue else "reject",
-            lambda: self.session.channel.basic_reject(self.delivery_tag, requeue),
-        )
+        def send() -> None:
+            self.session.channel.basic_reject(self.delivery_tag, requeue)
+            self.session.acker.rejected(self.delivery_tag)
+
+        self._settle("requeue" if requeue else "reject", send)
 
     def _settle(self, what: str, action: Callable[[], None]) -> None:
         if self.settled:
@@ -133,29 +134,6 @@ def _delivery_count(headers: dict[str, Any]) -> int:
         return 0
 
 
-def build_task_message(
-    app: Celery, task_name: str, payload: Any, meta: PulseMessage, origin: str
-) -> TaskMessage:
-    """Return the task message that invokes ``task_name(payload)``, carrying ``meta`` as a header."""
-    task_id = gen_unique_id()
-    # argsrepr given: Celery's default is a saferepr of the whole payload, a third of the
-    # hand-off's CPU time per message in the benchmark's profile.
-    headers, properties, body, _ = app.amqp.as_task_v2(
-        task_id,
-        task_name,
-        args=(payload,),
-        kwargs={},
-        origin=origin,
-        argsrepr=meta.describe(),
-        kwargsrepr="{}",
-    )
-    headers[HEADER] = meta.as_header()
-    content_type, content_encoding, data = dumps(body, serializer="json")
-    if isinstance(data, str):
-        data = data.encode(content_encoding or "utf-8")
-    return TaskMessage(task_id, headers, properties, data, content_type, content_encoding)
-
-
 class Dispatcher:
     """Route deliveries of the app's Pulse queues to their tasks."""
 
@@ -174,6 +152,7 @@ class Dispatcher:
         self.on_handoff_failed = on_handoff_failed
         self.origin = getattr(consumer, "hostname", None) or "pulse-celery"
         self._routes: dict[str, Route] = {}
+        self._templates: dict[str, TaskTemplate] = {}
         self.dead_letter_route = dead_letter_route(app)
 
     def policy(self, binding: Binding) -> str:
@@ -184,6 +163,12 @@ class Dispatcher:
         if route is None:
             route = self._routes[task_name] = resolve_route(self.app, task_name)
         return route
+
+    def template(self, task_name: str) -> TaskTemplate:
+        template = self._templates.get(task_name)
+        if template is None:
+            template = self._templates[task_name] = TaskTemplate(self.app, task_name, self.origin)
+        return template
 
     def on_message(self, message: Any, plan: QueuePlan, session: Any) -> None:
         """Handle one delivery from ``plan``'s queue; never raises."""
@@ -202,6 +187,7 @@ class Dispatcher:
             queue=plan.name,
         )
         delivery = PulseDelivery(raw, meta, session)
+        session.acker.delivered(raw.delivery_tag)
         session.delivered(plan.name, meta.redelivered)
         logger.debug("Pulse delivery %s from %s (%s)", raw.delivery_tag, meta.exchange, meta.routing_key)
         if problem is not None:
@@ -210,8 +196,9 @@ class Dispatcher:
             )
             return
         try:
-            binding, payload = self._decode(raw, meta, plan)
-            task_message = build_task_message(self.app, binding.task_name, payload, meta, self.origin)
+            # Decoded only to check it: the body goes into the task message as it came.
+            binding, _payload = self._decode(raw, meta, plan)
+            task_message = self.template(binding.task_name).build(raw.body, meta)
             if self.policy(binding) == "complete":
                 # Runs here: a message that kills the worker each time must not loop forever.
                 # (Under enqueue, returns mostly mean the Celery broker refused; not poison.)
@@ -278,6 +265,7 @@ class Dispatcher:
             letter.id,
             self.dead_letter_route.routing_key,
         )
+
         def on_failed(exc: BaseException) -> None:
             logger.warning(
                 "Dead letter %s not confirmed by the Celery broker (%s); the Pulse message goes back "

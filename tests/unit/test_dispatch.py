@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 from kombu.serialization import loads
 
 from pulse_celery import PulseMessage
-from pulse_celery.dispatch import build_task_message
+from pulse_celery.taskmessage import build_task_message
 
 
 def test_build_task_message_makes_a_protocol_2_message(app, task_completed):
@@ -39,3 +41,22 @@ def test_each_task_message_gets_its_own_id(app, task_completed):
     first = build_task_message(app, "tasks.t", {}, meta, origin="w")
     second = build_task_message(app, "tasks.t", {}, meta, origin="w")
     assert first.task_id != second.task_id
+
+
+def test_a_templated_task_message_is_the_one_celery_builds_with_the_body_spliced_in(app, task_completed):
+    from pulse_celery.taskmessage import TaskTemplate
+
+    payload = {"status": {"taskId": "B3EheQ-IQ5aPzw34KS_a6g", "runs": [{"runId": 0}]}, "note": '\u00e9 "q"'}
+    raw_body = json.dumps(payload, indent=1, ensure_ascii=False).encode("utf-8")  # not Celery's own spacing
+    meta = PulseMessage(task_completed.exchange, task_completed.routing_key, task_completed.cc, True, "q")
+    template = TaskTemplate(app, "tasks.on_completed", origin="worker@host")
+    first, second = template.build(raw_body, meta), template.build(raw_body, meta)
+    general = build_task_message(app, "tasks.on_completed", payload, meta, origin="worker@host")
+
+    assert first.task_id != second.task_id
+    assert first.properties == {**general.properties, "correlation_id": first.task_id}
+    assert first.headers == {**general.headers, "id": first.task_id, "root_id": first.task_id}
+    assert first.headers["timelimit"] is not second.headers["timelimit"]  # no shared mutable parts
+    assert loads(first.body, first.content_type, first.content_encoding) == loads(
+        general.body, general.content_type, general.content_encoding
+    )
