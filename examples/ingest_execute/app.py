@@ -26,7 +26,9 @@ LOG = os.environ.get("BUILDS_LOG", "builds.jsonl")
 #: Seconds each task takes, to make a backlog visible.
 WORK_SECONDS = float(os.environ.get("WORK_SECONDS", "0.2"))
 
-app = Celery("ingest_execute", broker=os.environ.get("CELERY_BROKER_URL", "amqp://guest:guest@localhost:5672//"))
+app = Celery(
+    "ingest_execute", broker=os.environ.get("CELERY_BROKER_URL", "amqp://guest:guest@localhost:5672//")
+)
 # Pulse: PULSE_URL (and PULSE_USERNAME / PULSE_PASSWORD); production Pulse when unset.
 app.conf.pulse_ack_policy = "enqueue"
 app.conf.pulse_metrics_port = int(os.environ.get("PULSE_METRICS_PORT", "9808"))
