@@ -1,6 +1,7 @@
 """Ack Pulse deliveries in as few frames as the order in which they finish allows.
 
-Acks asked for during one turn of the event loop are sent together at its end: every
+Acks asked for during one turn of the event loop are sent together before the loop polls
+again (:meth:`Acker.flush` is one of the hub's ``on_tick`` callbacks): every
 delivery from the oldest unsettled one up to the newest acked one in a row goes in one
 ``basic.ack`` with ``multiple=True``; the rest (acked while an older delivery is still
 running) are acked one by one at once, so that a long task never holds the acks of the
@@ -20,19 +21,17 @@ SendAck = Callable[[int, bool], None]
 class Acker:
     """Track one channel's unsettled deliveries and send their acks in batches."""
 
-    def __init__(self, send: SendAck, schedule: Callable[[Callable[[], None]], object] | None) -> None:
+    def __init__(self, send: SendAck, batched: bool) -> None:
         self._send = send
-        #: ``hub.call_soon``: run the flush at the end of this turn of the loop; None: at once
-        self._schedule = schedule
+        #: True: acks wait for :meth:`flush`, which the event loop calls once per turn;
+        #: False (no event loop): each ack is sent at once
+        self.batched = batched
         #: delivery tags received and not yet known to be settled, oldest first
         self._outstanding: deque[int] = deque()
         #: tags in ``_outstanding`` already settled (rejected, or acked on their own)
         self._done: set[int] = set()
         #: tags acked since the last flush, not sent yet
         self._pending: list[int] = []
-        self._scheduled = False
-        #: set during warm shutdown, when the loop may not turn again: send each ack at once
-        self.immediate = False
 
     @property
     def unsent(self) -> int:
@@ -47,15 +46,11 @@ class Acker:
 
     def ack(self, delivery_tag: int) -> None:
         self._pending.append(delivery_tag)
-        if self._schedule is None or self.immediate:
+        if not self.batched:
             self.flush()
-        elif not self._scheduled:
-            self._scheduled = True
-            self._schedule(self.flush)
 
     def flush(self) -> None:
         """Send the acks asked for so far."""
-        self._scheduled = False
         if not self._pending:
             return
         pending = set(self._pending)

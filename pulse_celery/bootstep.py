@@ -70,8 +70,12 @@ class Session:
         #: sends this channel's acks, several in one frame where it can (see acks.py)
         self.acker = Acker(
             lambda tag, multiple: self.guard(channel.basic_ack, tag, multiple),
-            loop_connection.hub.call_soon if loop_connection is not None else None,
+            batched=loop_connection is not None,
         )
+        if loop_connection is not None:
+            # Before each poll: acks made in ready callbacks (Celery's, under ``complete``)
+            # and in timers go out in the same turn of the loop.
+            loop_connection.hub.on_tick.add(self.acker.flush)
 
     @property
     def alive(self) -> bool:
@@ -118,8 +122,14 @@ class Session:
             stats.dead_lettered += 1
             stats.error(why)
 
+    def release(self) -> None:
+        """Stop sending acks on this session's turn of the loop (it is closed or lost)."""
+        if self.loop_connection is not None:
+            self.loop_connection.hub.on_tick.discard(self.acker.flush)
+
     def close(self) -> None:
         self._closed = True
+        self.release()
         if self.loop_connection is not None:
             self.loop_connection.close()
         else:
@@ -325,6 +335,7 @@ class PulseConsumer:
         if generation != self.generation or session is None:
             return
         self.session = None
+        session.release()
         self._link = "lost"
         self._lost_at = time.monotonic()
         self.connection_stats.losses += 1
@@ -513,7 +524,7 @@ class PulseConsumer:
             logger.info("Warm shutdown: no new Pulse deliveries; finishing the ones in flight")
             self._stop_consumers(session)
             # The loop may not turn again: acks go out as they come from now on.
-            session.acker.immediate = True
+            session.acker.batched = False
             session.acker.flush()
             if session.loop_connection is not None:
                 session.loop_connection.stop_reading()
