@@ -306,6 +306,44 @@ def stop_worker(worker: Worker) -> None:
         WORKERS.remove(worker)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rabbitmq_pid() -> int | None:
+    """The RabbitMQ server's Erlang VM: the oldest beam.smp (rabbitmqctl starts newer ones)."""
+    found = subprocess.run(["pgrep", "-o", "beam.smp"], capture_output=True, text=True).stdout.split()
+    return int(found[0]) if found else None
+
+
+class CpuMeter:
+    """How busy the worker's main process and RabbitMQ were during a timed phase.
+
+    A process near 100% of one core is what limits the phase; two well below it mean the
+    phase waits on round trips (prefetch, confirms), not on computation.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pids = {"worker main process": pid, "RabbitMQ": rabbitmq_pid()}
+        self.t0 = time.monotonic()
+        self.start = {name: cpu_seconds(p) if p else 0.0 for name, p in self.pids.items()}
+
+    def report(self) -> str:
+        wall = time.monotonic() - self.t0
+        parts = []
+        for name, pid in self.pids.items():
+            if pid:
+                used = cpu_seconds(pid) - self.start[name]
+                parts.append(f"{name} {100 * used / wall:.0f}%")
+        return "CPU of one core: " + ", ".join(parts)
+
+
 def rss_kb(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -489,10 +527,12 @@ def phase_enqueue(brokers: Brokers, messages: list, workdir: Path, concurrency: 
         time.sleep(0.3)  # let the interpreter come up before py-spy attaches
         profiler = Profiler(worker.process.pid, workdir / "enqueue.pyspy.txt")
     start = log_time(worker, "Connected to Pulse")
+    cpu = CpuMeter(worker.process.pid)
     drained = wait_until(
         lambda: brokers.pulse_ready(queue) == 0 and brokers.celery_ready() >= n, drain_timeout(n)
     )
     end = time.time()
+    cpu_use = cpu.report()
     if profiler is not None:
         profiler.stop_and_report()
     ok, counts = verify_empty(lambda: brokers.pulse_counts(queue))
@@ -509,7 +549,7 @@ def phase_enqueue(brokers: Brokers, messages: list, workdir: Path, concurrency: 
         end - start,
         ok and handed == n,
         counts,
-        f"task messages on the Celery broker: {handed} (expected {n})",
+        f"task messages on the Celery broker: {handed} (expected {n}); {cpu_use}",
     )
 
 
@@ -525,8 +565,10 @@ def phase_complete(brokers: Brokers, messages: list, workdir: Path, concurrency:
         time.sleep(0.3)  # let the interpreter come up before py-spy attaches
         profiler = Profiler(worker.process.pid, workdir / "complete.pyspy.txt")
     start = log_time(worker, "Connected to Pulse")
+    cpu = CpuMeter(worker.process.pid)
     drained = wait_until(lambda: brokers.pulse_ready(queue) == 0, drain_timeout(n))
     end = time.time()
+    cpu_use = cpu.report()
     if profiler is not None:
         profiler.stop_and_report()
     ok, counts = verify_empty(lambda: brokers.pulse_counts(queue))
@@ -535,7 +577,7 @@ def phase_complete(brokers: Brokers, messages: list, workdir: Path, concurrency:
     if not drained:
         print(f"  complete: did not drain within {drain_timeout(n):.0f} s ({worker.log_path})")
         return 0.0
-    return report_rate("complete", n, end - start, ok, counts)
+    return report_rate("complete", n, end - start, ok, counts, cpu_use)
 
 
 def phase_celery(brokers: Brokers, messages: list, workdir: Path, concurrency: int) -> float:
