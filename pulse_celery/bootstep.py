@@ -267,6 +267,7 @@ class PulseConsumer:
             # One attempt: the caller's backoff decides when to try again.
             connection.ensure_connection(max_retries=0)
             channel = connection.channel()
+            channel.auto_decode = False  # bodies stay bytes: only JSON is ever decoded, by us
             plans = self._declare(channel)
         except Exception:
             connection.collect()

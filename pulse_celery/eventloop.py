@@ -26,6 +26,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from amqp.exceptions import UnexpectedFrame
 from amqp.method_framing import frame_writer
 from kombu import Connection
 from kombu.asynchronous import Hub
@@ -181,6 +182,9 @@ class LoopConnection:
         amqp_connection = connection.connection
         self._amqp = amqp_connection
         self._writer: _BatchingWriter | None = None
+        #: the buffer :meth:`_read_frames` is cutting frames from, and how far it got
+        self._parsing: bytes | None = None
+        self._parsed = 0
         #: py-amqp's own drain_events; the connection's is replaced by :meth:`_drain_events`
         self._amqp_drain = amqp_connection.drain_events
         self._read_ahead = not isinstance(amqp_connection.transport.sock, ssl.SSLSocket)
@@ -284,6 +288,7 @@ class LoopConnection:
         """
         if timeout == 0 and self._fd is not None:
             raise TimeoutError()
+        self._give_back_unparsed()
         batch = WriteBatch.current()
         if batch is not None:
             batch.flush()
@@ -329,11 +334,14 @@ class LoopConnection:
     def _read_frames(self, receive: bool = True) -> None:
         """Read what the socket holds at once, then hand py-amqp the complete frames in it.
 
-        py-amqp takes frames from its transport's buffer before it reads the socket, so a
-        synchronous call made from a callback (a cancel, a declare) still sees every byte
-        in order; what is left of a partial frame stays there for the next event.
+        Frames are cut from the buffer here and given to py-amqp's frame handler, as its
+        ``blocking_read`` would (without a timeout context and three buffer copies per
+        frame). A synchronous call made from a callback (a cancel, a declare) waits through
+        :meth:`_drain_events`, which first gives the unparsed bytes back to the transport's
+        buffer, where py-amqp reads them before the socket: every byte stays in order.
         """
         transport = self._amqp.transport
+        buffer = transport._read_buffer
         if receive:
             try:
                 data = transport.sock.recv(READ_AHEAD, socket.MSG_DONTWAIT)
@@ -341,14 +349,40 @@ class LoopConnection:
                 return
             if not data:
                 raise ConnectionResetError(f"{self.name}: the broker closed the connection")
-            transport._read_buffer += data
-        read_one = self._amqp.blocking_read
-        for _ in range(MAX_FRAMES_PER_READ):
-            if not self.alive or not self._frame_buffered(transport._read_buffer):
-                return
-            read_one(None)  # one frame, from the buffer: no system call, no timeout change
+            buffer = buffer + data if buffer else data
+        transport._read_buffer = b""
+        self._parsing, self._parsed = buffer, 0
+        on_frame = self._amqp.on_inbound_frame
+        unpack_from = _FRAME_HEADER.unpack_from
+        size_of = len(buffer)
+        try:
+            for _ in range(MAX_FRAMES_PER_READ):
+                position = self._parsed
+                if size_of - position < 8 or not self.alive:
+                    break
+                frame_type, channel, size = unpack_from(buffer, position)
+                end = position + 7 + size
+                if end >= size_of:
+                    break  # the rest of this frame has not arrived yet
+                if buffer[end] != 0xCE:
+                    raise UnexpectedFrame(f"{self.name}: frame-end octet {buffer[end]:#04x}, expected 0xce")
+                self._parsed = end + 1
+                on_frame((frame_type, channel, buffer[position + 7 : end]))
+                if self._parsing is None:
+                    break  # a synchronous call took the rest of the buffer over
+        finally:
+            if self._parsing is not None:
+                transport._read_buffer = buffer[self._parsed :]
+                self._parsing = None
         if self.alive and self._frame_buffered(transport._read_buffer):
             self.hub.call_soon(self._on_buffered)
+
+    def _give_back_unparsed(self) -> None:
+        """Put the bytes :meth:`_read_frames` has not handled yet back in py-amqp's buffer."""
+        if self._parsing is not None:
+            transport = self._amqp.transport
+            transport._read_buffer = self._parsing[self._parsed :] + transport._read_buffer
+            self._parsing = None
 
     def _on_buffered(self) -> None:
         batch = WriteBatch.begin()
