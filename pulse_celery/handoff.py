@@ -68,6 +68,34 @@ class TaskMessage:
     body: bytes
     content_type: str
     content_encoding: str
+    #: the AMQP content-header properties (headers included) as bytes, made without
+    #: py-amqp's table encoder (see taskmessage.TaskTemplate); None: py-amqp encodes them
+    encode_properties: Callable[[], bytes] | None = None
+
+
+class EncodedMessage(AmqpMessage):
+    """An AMQP message whose content-header properties are already encoded."""
+
+    def __init__(self, body: bytes, encoded_properties: bytes) -> None:
+        super().__init__(body)
+        self._encoded_properties = encoded_properties
+
+    def _serialize_properties(self) -> bytes:
+        return self._encoded_properties
+
+
+def amqp_message(message: TaskMessage) -> AmqpMessage:
+    """The py-amqp message that carries ``message`` (persistent)."""
+    if message.encode_properties is not None:
+        return EncodedMessage(message.body, message.encode_properties())
+    return AmqpMessage(
+        message.body,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        application_headers=message.headers,
+        delivery_mode=2,
+        **message.properties,
+    )
 
 
 def publish_with_producer(producer: Producer, message: TaskMessage, route: Route, retry: bool) -> None:
@@ -275,14 +303,7 @@ class Handoff:
         def send() -> None:
             self._declare(route, channel)
             channel.basic_publish(
-                AmqpMessage(
-                    message.body,
-                    content_type=message.content_type,
-                    content_encoding=message.content_encoding,
-                    application_headers=message.headers,
-                    delivery_mode=2,
-                    **message.properties,
-                ),
+                amqp_message(message),
                 exchange=route.exchange,
                 routing_key=route.routing_key,
                 mandatory=True,

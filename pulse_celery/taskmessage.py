@@ -10,8 +10,11 @@ for a payload that is a Python object.
 from __future__ import annotations
 
 import json
+from struct import pack
 from typing import Any
 
+from amqp import Message as AmqpMessage
+from amqp.serialization import dumps as amqp_dumps
 from celery import Celery
 from celery.utils import gen_unique_id
 from kombu.serialization import dumps
@@ -46,6 +49,9 @@ def build_task_message(
 class TaskTemplate:
     """The messages of one bound task: built once, then filled in per Pulse message."""
 
+    #: header entries that change from one message to the next
+    PER_MESSAGE = ("id", "root_id", "argsrepr", HEADER)
+
     def __init__(self, app: Celery, task_name: str, origin: str) -> None:
         headers, properties, body, _ = app.amqp.as_task_v2(
             "template", task_name, args=(None,), kwargs={}, origin=origin, argsrepr="", kwargsrepr="{}"
@@ -55,6 +61,7 @@ class TaskTemplate:
         _args, kwargs, embed = body
         # The body is ``[[payload], kwargs, embed]``: everything after the payload is fixed.
         self._tail = b"]," + json.dumps([kwargs, embed], separators=(",", ":"))[1:].encode()
+        self._encoder = _PropertiesEncoder(headers, properties, self.PER_MESSAGE)
 
     def build(self, json_body: bytes, meta: PulseMessage) -> TaskMessage:
         """Return the task message for a Pulse body that :func:`~.message.decode_body` accepted.
@@ -62,15 +69,74 @@ class TaskTemplate:
         ``json_body`` must be UTF-8 JSON: it goes into the message body byte for byte.
         """
         task_id = gen_unique_id()
+        argsrepr = meta.describe()
+        pulse = meta.as_header()
         headers = {
             **self.headers,
             "id": task_id,
             "root_id": task_id,
             "timelimit": list(self.headers["timelimit"]),
             "stamps": {},
-            "argsrepr": meta.describe(),
-            HEADER: meta.as_header(),
+            "argsrepr": argsrepr,
+            HEADER: pulse,
         }
         properties = {**self.properties, "correlation_id": task_id}
         body = b"[[" + json_body + self._tail
-        return TaskMessage(task_id, headers, properties, body, "application/json", "utf-8")
+        encoder = self._encoder
+
+        def encode_properties() -> bytes:
+            return encoder.encode(
+                task_id, {"id": task_id, "root_id": task_id, "argsrepr": argsrepr, HEADER: pulse}
+            )
+
+        return TaskMessage(task_id, headers, properties, body, JSON, UTF8, encode_properties)
+
+
+JSON, UTF8 = "application/json", "utf-8"
+
+
+class _PropertiesEncoder:
+    """Encode a task message's AMQP properties from pre-encoded fixed parts.
+
+    py-amqp encodes the whole headers table (about twenty entries) for every publish, a
+    sixth of the hand-off's CPU time in the benchmark's profile. Here the fixed entries are
+    encoded once; per message only the few that change are, and the parts are joined.
+    The layout is py-amqp's own (basic_message.Message.PROPERTIES order): flags, then
+    content_type, content_encoding, application_headers, delivery_mode, correlation_id,
+    reply_to. A unit test checks that py-amqp decodes the result to the same properties.
+    """
+
+    def __init__(
+        self, headers: dict[str, Any], properties: dict[str, Any], per_message: tuple[str, ...]
+    ) -> None:
+        extra = set(properties) - {"correlation_id", "reply_to"}
+        if extra:
+            raise ValueError(f"task message properties {sorted(extra)} are not encoded here")
+        fixed = {key: value for key, value in headers.items() if key not in per_message}
+        self._fixed_entries = amqp_dumps(b"F", [fixed])[4:]
+        # Flags: from py-amqp, for a message with the same properties present.
+        reference = AmqpMessage(
+            b"",
+            content_type=JSON,
+            content_encoding=UTF8,
+            application_headers={},
+            delivery_mode=2,
+            correlation_id="x",
+            reply_to=properties.get("reply_to") or "",
+        )._serialize_properties()
+        self._head = reference[:2] + amqp_dumps(b"ss", [JSON, UTF8])
+        self._delivery_mode = amqp_dumps(b"o", [2])
+        self._reply_to = amqp_dumps(b"s", [properties.get("reply_to") or ""])
+
+    def encode(self, correlation_id: str, per_message: dict[str, Any]) -> bytes:
+        entries = self._fixed_entries + amqp_dumps(b"F", [per_message])[4:]
+        return b"".join(
+            (
+                self._head,
+                pack(">I", len(entries)),
+                entries,
+                self._delivery_mode,
+                amqp_dumps(b"s", [correlation_id]),
+                self._reply_to,
+            )
+        )

@@ -60,3 +60,28 @@ def test_a_templated_task_message_is_the_one_celery_builds_with_the_body_spliced
     assert loads(first.body, first.content_type, first.content_encoding) == loads(
         general.body, general.content_type, general.content_encoding
     )
+
+
+def test_pre_encoded_properties_decode_to_what_py_amqp_would_send(app, task_completed):
+    from amqp import Message as AmqpMessage
+
+    from pulse_celery.handoff import amqp_message
+    from pulse_celery.taskmessage import TaskTemplate
+
+    meta = PulseMessage(task_completed.exchange, task_completed.routing_key, task_completed.cc, False, "q")
+    message = TaskTemplate(app, "tasks.on_completed", origin="worker@host").build(b"{}", meta)
+    assert message.encode_properties is not None
+    plain = AmqpMessage(
+        message.body,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        application_headers=message.headers,
+        delivery_mode=2,
+        **message.properties,
+    )
+    decoded, expected = AmqpMessage(), AmqpMessage()
+    decoded._load_properties(60, amqp_message(message)._serialize_properties(), 0)
+    expected._load_properties(60, plain._serialize_properties(), 0)
+    assert decoded.properties == expected.properties
+    assert decoded.properties["application_headers"]["pulse"]["routes"] == list(task_completed.cc)
+    assert decoded.properties["correlation_id"] == message.task_id
