@@ -43,6 +43,7 @@ TASK_NAME = "bench_app.noop"
 CELERY_QUEUE = "celery"  # the app's default queue: where task messages go
 IDLE_QUEUE = "bench.nobody"  # a Celery queue nobody publishes to (enqueue workers consume only Pulse)
 PULSE_PREFETCH = 200  # pulse_prefetch_count's default: what an enqueue worker may hold unacked
+CTL_INTERVAL = 2.0  # seconds between rabbitmqctl depth samples in the latency phase
 POLL = 0.01  # seconds between two passive queue_declare polls
 ALL_PHASES = ("ceiling", "handwritten", "enqueue", "complete", "celery")
 LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): ")
@@ -707,11 +708,14 @@ class DepthSampler:
             conn.collect()
 
     def _ctl(self) -> None:
+        # Each rabbitmqctl call starts an Erlang VM: about half a second of CPU. Run back to
+        # back they took most of a core from the worker being measured.
         while not self._stop.is_set():
             counts = self.brokers.pulse_counts(self.queue)
             if counts is not None:
                 self.ctl_samples += 1
                 self.max_total = max(self.max_total, counts[0] + counts[1])
+            self._stop.wait(CTL_INTERVAL)
 
 
 def phase_latency(
