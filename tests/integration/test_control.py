@@ -55,8 +55,21 @@ def celery_cli(worker: Worker, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+_clients: list[Celery] = []
+
+
 def client(celery_broker) -> Celery:
-    return Celery("client", broker=celery_broker.url, set_as_current=False)
+    app = Celery("client", broker=celery_broker.url, set_as_current=False)
+    _clients.append(app)
+    return app
+
+
+@pytest.fixture(autouse=True)
+def _close_clients():
+    """Close each test's client app: its broadcast connections, or the sockets outlive the test."""
+    yield
+    while _clients:
+        _clients.pop().close()
 
 
 # One worker per test: stop waiting for replies once it has answered.

@@ -114,6 +114,7 @@ class EventCollector:
         if self._receiver is not None:
             self._receiver.should_stop = True
         self._thread.join(timeout=10)
+        self.app.close()  # its connection pool, or the sockets outlive the test
 
     def states(self) -> list[str]:
         return [e["connection"]["state"] for e in self.events]
