@@ -199,3 +199,16 @@ def app_bindings(app: Celery) -> list[Binding]:
         for binding in task_bindings(app.tasks[name]):
             found.append(replace(binding, task_name=name))
     return found
+
+
+def complete_without_acks_late(app: Celery, default_policy: str, bindings: Iterable[Binding]) -> list[str]:
+    """Say, per binding, why ``ack='complete'`` cannot hold for its task (acks_late is off)."""
+    problems = []
+    for binding in bindings:
+        if (binding.ack or default_policy) == "complete" and not app.tasks[binding.task_name].acks_late:
+            problems.append(
+                f"task {binding.task_name} has a Pulse binding with ack='complete' but acks_late is "
+                "off, so Celery would ack the Pulse message when the task starts; declare it with "
+                "@app.task(acks_late=True)"
+            )
+    return problems

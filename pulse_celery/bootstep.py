@@ -23,7 +23,7 @@ from celery import Celery, bootsteps
 from kombu import Connection
 
 from . import control as _control  # noqa: F401  (registers the pulse_* remote-control commands)
-from .bindings import app_bindings
+from .bindings import app_bindings, complete_without_acks_late
 from .config import PulseConfig, load_config
 from .dispatch import Dispatcher
 from .errors import ConfigError
@@ -88,16 +88,13 @@ class PulseConsumer:
         self.reporter = StatusReporter(c, config, self.status)
 
     def _check_policies(self) -> None:
+        problems = complete_without_acks_late(self.app, self.config.ack_policy, self.bindings)
+        if problems:
+            raise ConfigError(problems[0])
         for binding in self.bindings:
             if (binding.ack or self.config.ack_policy) != "complete":
                 continue
             task = self.app.tasks[binding.task_name]
-            if not task.acks_late:
-                raise ConfigError(
-                    f"task {binding.task_name} has a Pulse binding with ack='complete' but "
-                    "acks_late is off, so Celery would ack the Pulse message when the task "
-                    "starts; declare it with @app.task(acks_late=True)"
-                )
             limit = task.time_limit or self.app.conf.task_time_limit
             if limit and limit > self.config.consumer_timeout:
                 logger.warning(

@@ -345,7 +345,7 @@ def check(app_name: str, url: str | None) -> None:
     app = _load_app(app_name)
     conf: Any = ChainMap({"pulse_url": url}, app.conf) if url else app.conf
     total = failed = 0
-    for result in run_checks(conf, app_bindings(app)):
+    for result in run_checks(conf, app_bindings(app), app):
         total += 1
         failed += not result.ok
         click.echo(result.line())

@@ -16,9 +16,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from celery import Celery
 from kombu import Connection
 
-from .bindings import Binding
+from .bindings import Binding, complete_without_acks_late
 from .bootstep import describe_error
 from .client import BROKER_ERRORS, open_connection
 from .config import PulseConfig, load_config
@@ -201,7 +202,9 @@ def _permission_check(
     )
 
 
-def run_checks(conf: Mapping[str, Any], bindings: Sequence[Binding]) -> Iterator[Check]:
+def run_checks(
+    conf: Mapping[str, Any], bindings: Sequence[Binding], app: Celery | None = None
+) -> Iterator[Check]:
     """Check what a worker of this app needs from Pulse, stopping at the first check others need.
 
     Nothing is consumed and nothing lasting is created: exchanges and the app's queues are
@@ -221,6 +224,10 @@ def run_checks(conf: Mapping[str, Any], bindings: Sequence[Binding]) -> Iterator
             "no task has a @pulse_binding; check that -A names the app and that it imports the task modules",
         )
         return
+    if app is not None:
+        problems = complete_without_acks_late(app, config.ack_policy, bindings)
+        fine = "every task bound under ack='complete' has acks_late"
+        yield Check("ack policies", not problems, problems[0] if problems else fine)
     try:
         plans = plan_queues(config, bindings)
     except ConfigError as exc:

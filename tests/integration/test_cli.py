@@ -346,6 +346,7 @@ def test_check_passes_on_a_good_setup_and_leaves_nothing_behind(pulse):
     assert all(line.startswith("ok  ") for line in lines.values())
     assert set(lines) >= {
         "configuration",
+        "ack policies",
         "queue names",
         "connection",
         f"exchange {TASK_COMPLETED}",
@@ -354,7 +355,7 @@ def test_check_passes_on_a_good_setup_and_leaves_nothing_behind(pulse):
         f"queue queue/{pulse.user}/builds",
     }
     assert f"throwaway queue queue/{pulse.user}/pulse-celery-check-" in lines["queue permissions"]
-    assert "all 8 checks passed" in result.stdout
+    assert "all 9 checks passed" in result.stdout
     assert _rabbitmqctl("list_queues", "-p", pulse.vhost, "name").strip() == ""
 
 
@@ -377,7 +378,7 @@ def test_check_fails_with_the_fix_when_a_bound_exchange_is_missing(pulse):
     assert lines[f"exchange {pending}"].startswith("FAIL")
     assert "does not exist on this Pulse vhost" in lines[f"exchange {pending}"]
     assert lines[f"exchange {TASK_COMPLETED}"].startswith("ok")
-    assert "1 of 9 checks failed" in result.stderr
+    assert "1 of 10 checks failed" in result.stderr
 
 
 def test_check_fails_when_the_user_may_not_configure_its_queues(pulse):

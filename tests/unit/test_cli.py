@@ -136,3 +136,33 @@ def test_table_has_one_aligned_row_per_binding_and_the_queue_state():
 def test_check_lines_start_with_ok_or_fail():
     assert Check("connection", True, "logged in").line() == "ok    connection: logged in"
     assert Check("exchange x", False, "missing -- fix").line() == "FAIL  exchange x: missing -- fix"
+
+
+def test_check_fails_a_complete_binding_whose_task_acks_early_and_says_the_fix():
+    from celery import Celery
+
+    from pulse_celery import pulse_binding
+    from pulse_celery.bindings import app_bindings
+    from pulse_celery.inspection import run_checks
+
+    app = Celery("checked", broker="memory://", set_as_current=False)
+    app.conf.pulse_url = "amqp://alice:secret@127.0.0.1:1/"  # nothing listens: the login check fails
+
+    @pulse_binding("exchange/taskcluster-queue/v1/task-completed", "primary.#", queue="a", ack="complete")
+    @app.task(name="checked.early")
+    def early(payload):
+        return payload
+
+    @pulse_binding("exchange/taskcluster-queue/v1/task-failed", "primary.#", queue="b", ack="complete")
+    @app.task(name="checked.late", acks_late=True)
+    def late(payload):
+        return payload
+
+    checks = {c.name: c for c in run_checks(app.conf, app_bindings(app), app)}
+    assert not checks["ack policies"].ok
+    assert "checked.early" in checks["ack policies"].detail
+    assert "acks_late=True" in checks["ack policies"].detail
+
+    late_only = [b for b in app_bindings(app) if b.task_name == "checked.late"]
+    checks = {c.name: c for c in run_checks(app.conf, late_only, app)}
+    assert checks["ack policies"].ok
