@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -133,7 +134,8 @@ class Handoff:
         self._confirms = False
         self._seq = 0
         #: publish sequence number -> (task id, on_confirmed, on_failed)
-        self._unconfirmed: dict[int, tuple[str, OnConfirmed, OnFailed]] = {}
+        #: in publish order, so that a multiple confirm settles a prefix of it
+        self._unconfirmed: OrderedDict[int, tuple[str, OnConfirmed, OnFailed]] = OrderedDict()
         self._returned: set[str] = set()
         self._declared: set[str] = set()
         self._next_delay = backoff_delays()
@@ -243,7 +245,7 @@ class Handoff:
 
     def _forget(self, failure: HandoffFailed) -> None:
         """Drop the connection's state; every unconfirmed message is reported as failed."""
-        unconfirmed, self._unconfirmed = self._unconfirmed, {}
+        unconfirmed, self._unconfirmed = self._unconfirmed, OrderedDict()
         self._connection = self._loop_connection = self._producer = self._channel = None
         for _task_id, _ok, on_failed in unconfirmed.values():
             on_failed(failure)
@@ -337,12 +339,15 @@ class Handoff:
     # -- confirms (called while frames are read on the loop) --------------------------
 
     def _settle(self, delivery_tag: int, multiple: bool, nacked: bool) -> None:
-        tags = [t for t in self._unconfirmed if t <= delivery_tag] if multiple else [delivery_tag]
-        for tag in sorted(tags):
-            entry = self._unconfirmed.pop(tag, None)
-            if entry is None:
-                continue
-            task_id, on_confirmed, on_failed = entry
+        unconfirmed = self._unconfirmed
+        if multiple:
+            entries = []
+            while unconfirmed and next(iter(unconfirmed)) <= delivery_tag:
+                entries.append(unconfirmed.popitem(last=False)[1])
+        else:
+            entry = unconfirmed.pop(delivery_tag, None)
+            entries = [entry] if entry is not None else []
+        for task_id, on_confirmed, on_failed in entries:
             if task_id in self._returned:
                 self._returned.discard(task_id)
                 on_failed(HandoffFailed("the Celery broker could not route the task message (basic.return)"))
