@@ -33,10 +33,6 @@ class Acker:
         #: tags acked since the last flush, not sent yet
         self._pending: list[int] = []
 
-    @property
-    def unsent(self) -> int:
-        return len(self._pending)
-
     def delivered(self, delivery_tag: int) -> None:
         self._outstanding.append(delivery_tag)
 

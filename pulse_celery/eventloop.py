@@ -24,6 +24,7 @@ import ssl
 import struct
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from amqp.exceptions import UnexpectedFrame
@@ -303,12 +304,16 @@ class LoopConnection:
             self.guard(self._writer.write_now, data)
 
     def _on_readable(self) -> None:
+        self._handle_frames(self._read_frames if self._read_ahead else self._drain_frames)
+
+    def _on_buffered(self) -> None:
+        self._handle_frames(partial(self._read_frames, receive=False))
+
+    def _handle_frames(self, read: Callable[[], None]) -> None:
+        """Run ``read`` in a write batch; an error ends this connection, never the loop."""
         batch = WriteBatch.begin()
         try:
-            if self._read_ahead:
-                self._read_frames()
-            else:
-                self._drain_frames()
+            read()
         except self.errors as exc:
             self.lost(exc)
         except Exception as exc:  # a callback of ours failed: never let it reach the loop
@@ -383,19 +388,6 @@ class LoopConnection:
             transport = self._amqp.transport
             transport._read_buffer = self._parsing[self._parsed :] + transport._read_buffer
             self._parsing = None
-
-    def _on_buffered(self) -> None:
-        batch = WriteBatch.begin()
-        try:
-            self._read_frames(receive=False)
-        except self.errors as exc:
-            self.lost(exc)
-        except Exception as exc:
-            logger.exception("%s: error while handling frames", self.name)
-            self.lost(exc)
-        finally:
-            if batch is not None:
-                batch.end()
 
     @staticmethod
     def _frame_buffered(buffer: bytearray) -> bool:
