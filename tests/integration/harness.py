@@ -134,6 +134,37 @@ class Worker:
             self.process.wait(timeout=30)
 
 
+APPS = ROOT / "tests" / "integration" / "apps"
+
+
+def app_worker(
+    app: str,
+    pulse: Any,
+    celery_broker: Any,
+    tmp_path: Path,
+    pool: str = "prefork",
+    concurrency: int = 2,
+    **env: Any,
+) -> Worker:
+    """A worker of the test app ``app`` (tests/integration/apps) on ``pulse`` and ``celery_broker``.
+
+    The app records what its tasks did in ``tmp_path/records.jsonl``; ``env`` steers it.
+    """
+    return Worker(
+        app,
+        cwd=APPS,
+        env={
+            "PULSE_URL": pulse.url,
+            "CELERY_BROKER_URL": celery_broker.url,
+            "RECORD": str(tmp_path / "records.jsonl"),
+            **{k: str(v) for k, v in env.items()},
+        },
+        log_path=tmp_path / "worker.log",
+        pool=pool,
+        concurrency=concurrency,
+    )
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []

@@ -15,25 +15,11 @@ import pytest
 from pulse_celery.testing import _rabbitmqctl, publish
 
 from .conftest import TASK_COMPLETED
-from .harness import ROOT, Worker, read_records, wait_until
-
-APPS = ROOT / "tests" / "integration" / "apps"
+from .harness import Worker, app_worker, read_records, wait_until
 
 
 def faults_worker(pulse, celery_broker, tmp_path, pool="prefork", concurrency=2, **env) -> Worker:
-    return Worker(
-        "faults_app",
-        cwd=APPS,
-        env={
-            "PULSE_URL": pulse.url,
-            "CELERY_BROKER_URL": celery_broker.url,
-            "RECORD": str(tmp_path / "records.jsonl"),
-            **{k: str(v) for k, v in env.items()},
-        },
-        log_path=tmp_path / "worker.log",
-        pool=pool,
-        concurrency=concurrency,
-    )
+    return app_worker("faults_app", pulse, celery_broker, tmp_path, pool, concurrency, **env)
 
 
 def store_app(celery_broker):

@@ -17,11 +17,10 @@ from kombu import Connection, Exchange, Queue
 from pulse_celery.testing import _rabbitmqctl, publish, taskcluster_message
 
 from .conftest import TASK_COMPLETED, TASK_FAILED
-from .harness import ROOT
+from .harness import APPS
 
 pytestmark = pytest.mark.rabbitmq
 
-APPS = ROOT / "tests" / "integration" / "apps"
 TREEHERDER_ROUTE = "route.tc-treeherder.v2.autoland.918d7c84da371bda26460fb4b50f161d32107880.88554"
 
 
@@ -254,21 +253,11 @@ def test_replay_stops_at_a_bad_line_and_says_which(pulse, tmp_path: Path):
 # -- bindings -------------------------------------------------------------------------------
 
 
-def pulse_user_connection(pulse) -> Connection:
-    return Connection(
-        hostname=pulse.host,
-        port=pulse.port,
-        userid=pulse.user,
-        password=pulse.password,
-        virtual_host=pulse.vhost,
-    )
-
-
 def test_bindings_shows_existing_and_missing_queues_with_depth_and_consumers(pulse):
     # Given the app's "builds" queue as the worker declares it (quorum), holding 3 messages of
     # which 1 is delivered to a consumer that has not acked it; "indexed" does not exist
     builds, indexed = f"queue/{pulse.user}/builds", f"queue/{pulse.user}/indexed"
-    with pulse_user_connection(pulse) as consumer_conn:
+    with Connection(pulse.url) as consumer_conn:
         channel = consumer_conn.channel()
         Queue(
             builds,

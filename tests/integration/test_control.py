@@ -19,26 +19,13 @@ from pulse_celery import control
 from pulse_celery.testing import _rabbitmqctl, publish
 
 from .conftest import TASK_COMPLETED
-from .harness import ROOT, Worker, read_records, wait_until
+from .harness import Worker, app_worker, read_records, wait_until
 
 pytestmark = pytest.mark.rabbitmq
 
-APPS = ROOT / "tests" / "integration" / "apps"
-
 
 def control_worker(pulse, celery_broker, tmp_path, concurrency=2, **env) -> Worker:
-    return Worker(
-        "control_app",
-        cwd=APPS,
-        env={
-            "PULSE_URL": pulse.url,
-            "CELERY_BROKER_URL": celery_broker.url,
-            "RECORD": str(tmp_path / "records.jsonl"),
-            **{k: str(v) for k, v in env.items()},
-        },
-        log_path=tmp_path / "worker.log",
-        concurrency=concurrency,
-    )
+    return app_worker("control_app", pulse, celery_broker, tmp_path, concurrency=concurrency, **env)
 
 
 def celery_cli(worker: Worker, *args: str) -> subprocess.CompletedProcess[str]:

@@ -13,8 +13,8 @@ from pulse_celery.deadletters import list_dead_letters
 from pulse_celery.testing import _rabbitmqctl, publish
 
 from .conftest import TASK_COMPLETED
-from .harness import ROOT, read_records, wait_until
-from .test_acks import APPS, done_ids, faults_worker, publish_ids, store_app
+from .harness import APPS, ROOT, read_records, wait_until
+from .test_acks import done_ids, faults_worker, publish_ids, store_app
 
 
 def cli(*args, env=None):

@@ -35,11 +35,10 @@ import pytest
 from pulse_celery.testing import _rabbitmqctl, publish, taskcluster_message
 
 from .conftest import TASK_COMPLETED
-from .harness import ROOT, Worker, read_records, wait_until
+from .harness import APPS, Worker, read_records, wait_until
 
 pytestmark = pytest.mark.rabbitmq
 
-APPS = ROOT / "tests" / "integration" / "apps"
 N = 3000
 #: Each of three workers must have taken at least this fraction (a fair share is a third).
 MIN_SHARE = 0.10
