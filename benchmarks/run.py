@@ -43,7 +43,7 @@ TASK_NAME = "bench_app.noop"
 CELERY_QUEUE = "celery"  # the app's default queue: where task messages go
 IDLE_QUEUE = "bench.nobody"  # a Celery queue nobody publishes to (enqueue workers consume only Pulse)
 PULSE_PREFETCH = 200  # pulse_prefetch_count's default: what an enqueue worker may hold unacked
-CTL_INTERVAL = 2.0  # seconds between rabbitmqctl depth samples in the latency phase
+SAMPLER_START = 3.0  # seconds the in-broker depth sampler gets to start before publishing
 POLL = 0.01  # seconds between two passive queue_declare polls
 ALL_PHASES = ("ceiling", "handwritten", "enqueue", "complete", "celery")
 LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): ")
@@ -55,6 +55,9 @@ T_COMPLETE_VS_CELERY = 0.9
 T_RSS_MB = 50.0
 T_DEPTH = 200
 T_DEPTH_RATE = 1000
+# The ceiling the issue measured on its 2-core machine, where 1,000 msg/s was the offered rate.
+# On a slower or faster machine the latency phase also runs at 1,000 x ceiling / 9,000 (info).
+REFERENCE_CEILING = 9000
 
 
 # -- brokers -----------------------------------------------------------------------
@@ -324,25 +327,38 @@ def rabbitmq_pid() -> int | None:
 
 
 class CpuMeter:
-    """How busy the worker's main process and RabbitMQ were during a timed phase.
+    """How much CPU the consumer and RabbitMQ used during a timed phase.
 
-    A process near 100% of one core is what limits the phase; two well below it mean the
-    phase waits on round trips (prefetch, confirms), not on computation.
+    Two figures per process: its share of one core (near 100% is what limits the phase; two
+    well below it mean the phase waits on round trips or on a machine with no core to spare)
+    and its CPU time per message, which does not depend on how busy the machine was. The
+    phases' ratios follow from the per-message figures when the two cores are the limit.
     """
 
-    def __init__(self, pid: int) -> None:
-        self.pids = {"worker main process": pid, "RabbitMQ": rabbitmq_pid()}
+    def __init__(self, pid: int, name: str = "worker main process") -> None:
+        self.pids = {name: [pid], "RabbitMQ": [p for p in [rabbitmq_pid()] if p]}
+        if name == "worker main process":  # the prefork pool's children (they run the tasks)
+            self.pids["pool children"] = children(pid)
         self.t0 = time.monotonic()
-        self.start = {name: cpu_seconds(p) if p else 0.0 for name, p in self.pids.items()}
+        self.start = {name: self._cpu(name) for name in self.pids}
+        self.used: dict[str, float] = {}
 
-    def report(self) -> str:
-        wall = time.monotonic() - self.t0
-        parts = []
-        for name, pid in self.pids.items():
-            if pid:
-                used = cpu_seconds(pid) - self.start[name]
-                parts.append(f"{name} {100 * used / wall:.0f}%")
-        return "CPU of one core: " + ", ".join(parts)
+    def _cpu(self, name: str) -> float:
+        return sum(cpu_seconds(p) for p in self.pids[name])
+
+    def stop(self) -> CpuMeter:
+        self.wall = time.monotonic() - self.t0
+        self.used = {name: self._cpu(name) - self.start[name] for name, pids in self.pids.items() if pids}
+        return self
+
+    def report(self, n: int) -> str:
+        if not self.used:
+            self.stop()
+        parts = [
+            f"{name} {100 * used / self.wall:.0f}% of a core, {1e6 * used / n:.0f} us/msg"
+            for name, used in self.used.items()
+        ]
+        return "CPU: " + ", ".join(parts)
 
 
 def rss_kb(pid: int) -> int:
@@ -356,12 +372,15 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def children_rss_kb(pid: int) -> int:
+def children(pid: int) -> list[int]:
     try:
-        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return [int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
-        return 0
-    return sum(rss_kb(int(k)) for k in kids)
+        return []
+
+
+def children_rss_kb(pid: int) -> int:
+    return sum(rss_kb(k) for k in children(pid))
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = POLL, tick=None) -> bool:
@@ -479,10 +498,12 @@ def phase_ceiling(brokers: Brokers, messages: list, prefetch: int = 200) -> floa
         message.ack()
         count += 1
 
+    cpu = CpuMeter(os.getpid(), "consumer (this process)")
     elapsed = consume_timed(brokers, queue, on_message, lambda: count < n, prefetch)
+    cpu.stop()
     ok, counts = verify_empty(lambda: brokers.pulse_counts(queue))
     brokers.delete_pulse_queue(queue)
-    return report_rate("ceiling", n, elapsed, ok, counts)
+    return report_rate("ceiling", n, elapsed, ok, counts, cpu.report(n))
 
 
 def phase_handwritten(brokers: Brokers, messages: list, prefetch: int = 200) -> float:
@@ -507,13 +528,16 @@ def phase_handwritten(brokers: Brokers, messages: list, prefetch: int = 200) -> 
         message.ack()
         count += 1
 
+    cpu = CpuMeter(os.getpid(), "consumer (this process)")
     elapsed = consume_timed(brokers, queue, on_message, lambda: count < n, prefetch)
+    cpu.stop()
     ok, counts = verify_empty(lambda: brokers.pulse_counts(queue))
     handed = brokers.celery_ready()
     app.close()
     brokers.delete_pulse_queue(queue)
     brokers.purge_celery()
-    return report_rate("handwritten", n, elapsed, ok, counts, f"task messages on the Celery broker: {handed}")
+    extra = f"task messages on the Celery broker: {handed}; {cpu.report(n)}"
+    return report_rate("handwritten", n, elapsed, ok, counts, extra)
 
 
 def phase_enqueue(brokers: Brokers, messages: list, workdir: Path, concurrency: int, profile: bool) -> float:
@@ -533,7 +557,7 @@ def phase_enqueue(brokers: Brokers, messages: list, workdir: Path, concurrency: 
         lambda: brokers.pulse_ready(queue) == 0 and brokers.celery_ready() >= n, drain_timeout(n)
     )
     end = time.time()
-    cpu_use = cpu.report()
+    cpu_use = cpu.report(n)
     if profiler is not None:
         profiler.stop_and_report()
     ok, counts = verify_empty(lambda: brokers.pulse_counts(queue))
@@ -569,7 +593,7 @@ def phase_complete(brokers: Brokers, messages: list, workdir: Path, concurrency:
     cpu = CpuMeter(worker.process.pid)
     drained = wait_until(lambda: brokers.pulse_ready(queue) == 0, drain_timeout(n))
     end = time.time()
-    cpu_use = cpu.report()
+    cpu_use = cpu.report(n)
     if profiler is not None:
         profiler.stop_and_report()
     ok, counts = verify_empty(lambda: brokers.pulse_counts(queue))
@@ -588,15 +612,17 @@ def phase_celery(brokers: Brokers, messages: list, workdir: Path, concurrency: i
     n = len(messages)
     worker = start_worker(brokers, workdir, "celery", "none", "unused", concurrency, False)
     start = log_time(worker, " ready.")
+    cpu = CpuMeter(worker.process.pid)
     drained = wait_until(lambda: brokers.celery_ready() == 0, drain_timeout(n))
     end = time.time()
+    cpu.stop()
     ok, counts = verify_empty(lambda: brokers.celery_counts())
     stop_worker(worker)
     brokers.purge_celery()
     if not drained:
         print(f"  celery: did not drain within {drain_timeout(n):.0f} s ({worker.log_path})")
         return 0.0
-    return report_rate("celery", n, end - start, ok, counts)
+    return report_rate("celery", n, end - start, ok, counts, cpu.report(n))
 
 
 def report_rate(name: str, n: int, elapsed: float, ok: bool, counts: Any, extra: str = "") -> float:
@@ -672,30 +698,84 @@ def phase_rss(brokers: Brokers, messages: list, workdir: Path, concurrency: int)
     return result
 
 
-class DepthSampler:
-    """Max depth of a Pulse queue: passive declares (ready, every 20 ms) and rabbitmqctl (ready+unacked)."""
+# Runs inside RabbitMQ (one ``rabbitmqctl eval``): every 50 ms until End (ms since the epoch),
+# the queue's ready + unacked, exact. A quorum queue is asked through its Raft state machine;
+# ``list_queues`` would give its metrics, which lag by seconds.
+QUEUE_DEPTH_SAMPLER = """
+{ok, Q} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"~VHOST~">>, queue, <<"~QUEUE~">>)),
+Depth = case amqqueue:get_type(Q) of
+    rabbit_quorum_queue ->
+        fun() ->
+            {ok, {_, N}, _} = ra:local_query(amqqueue:get_pid(Q), fun rabbit_fifo:query_messages_total/1),
+            N
+        end;
+    _ -> fun() -> [{messages, N}] = rabbit_amqqueue:info(Q, [messages]), N end
+end,
+Now = fun() -> erlang:system_time(millisecond) end,
+Loop = fun L(Max, Count, First) ->
+    case Now() < ~END~ of
+        false -> {Max, Count, First};
+        true -> D = Depth(), timer:sleep(50), L(max(Max, D), Count + 1, First)
+    end
+end,
+Loop(0, 0, Now()).
+"""
 
-    def __init__(self, brokers: Brokers, queue: str) -> None:
+
+class DepthSampler:
+    """Max depth of a Pulse queue while a worker consumes it, measured so as not to disturb it.
+
+    Guardian counts ready + unacked. That is sampled inside RabbitMQ every 50 ms by one
+    ``rabbitmqctl eval`` started before the phase, when its Erlang VM's start (about half a
+    second of CPU) costs the worker nothing. Sampling instead with a ``rabbitmqctl
+    list_queues`` every 2 s, measured at 450 msg/s under ``complete``, took the latency p99
+    from 6-10 ms to 49 ms and the peak from 0-2 ready to 24; back to back, it once took the
+    peak at 1,000 msg/s to 694. A passive ``queue.declare`` every 20 ms gives the ready
+    messages alone, as a cross-check.
+    """
+
+    def __init__(self, brokers: Brokers, queue: str, seconds: float) -> None:
         self.brokers = brokers
         self.queue = queue
         self.max_ready = 0
-        self.max_total = 0
-        self.ctl_samples = 0
+        self.samples = 0
+        self.max_total: int | None = None
+        self.total_samples = 0
+        self.started_ms = 0
+        self.end_ms = int(1000 * (time.time() + seconds))
         self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._passive, daemon=True),
-            threading.Thread(target=self._ctl, daemon=True),
-        ]
+        self._thread = threading.Thread(target=self._passive, daemon=True)
+        expr = (
+            QUEUE_DEPTH_SAMPLER.replace("~VHOST~", brokers.pulse.vhost)
+            .replace("~QUEUE~", queue)
+            .replace("~END~", str(self.end_ms))
+        )
+        self._ctl = subprocess.Popen(
+            ["nice", "-n", "19", "rabbitmqctl", "-q", "eval", expr],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        SIDE_PROCESSES.append(self._ctl)
 
     def __enter__(self) -> DepthSampler:
-        for t in self._threads:
-            t.start()
+        self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        for t in self._threads:
-            t.join(timeout=30)
+        self._thread.join(timeout=30)
+        try:
+            out, _ = self._ctl.communicate(timeout=max(5.0, self.end_ms / 1000 - time.time() + 30))
+        except subprocess.TimeoutExpired:
+            self._ctl.kill()
+            out = ""
+        SIDE_PROCESSES.remove(self._ctl)
+        found = re.fullmatch(r"\{(\d+),(\d+),(\d+)\}", out.strip())
+        if found:
+            self.max_total, self.total_samples, self.started_ms = (int(g) for g in found.groups())
+        else:
+            print(f"  the in-broker depth sampler failed: {out.strip()[:300]}")
 
     def _passive(self) -> None:
         conn = amqp_connect(self.brokers.pulse.vhost)
@@ -703,20 +783,10 @@ class DepthSampler:
         try:
             while not self._stop.is_set():
                 self.max_ready = max(self.max_ready, ch.queue_declare(self.queue, passive=True).message_count)
+                self.samples += 1
                 time.sleep(0.02)
         finally:
             conn.collect()
-
-    def _ctl(self) -> None:
-        # Each rabbitmqctl call starts an Erlang VM: about half a second of CPU. Back to back
-        # they took most of a core from the worker being measured (complete at 1,000 msg/s:
-        # max 694 ready); every 2 s at nice 19: 155-228; with no rabbitmqctl at all: 111-187.
-        while not self._stop.is_set():
-            counts = self.brokers.pulse_counts(self.queue, nice=True)
-            if counts is not None:
-                self.ctl_samples += 1
-                self.max_total = max(self.max_total, counts[0] + counts[1])
-            self._stop.wait(CTL_INTERVAL)
 
 
 def phase_latency(
@@ -732,12 +802,14 @@ def phase_latency(
     worker = start_worker(brokers, workdir, f"latency-{policy}", policy, suffix, concurrency, False, record)
     log_time(worker, "Connected to Pulse")
     log_time(worker, " ready.")
-    time.sleep(1.0)
     total = int(rate * seconds)
     template = pulse_messages(1)[0]
     body = json.loads(template[1])
     ch = brokers.pulse_conn.channel()  # no confirms: pacing must not wait; the records prove arrival
-    with DepthSampler(brokers, queue) as depth:
+    # The in-broker sampler's Erlang VM starts while the worker is still idle.
+    with DepthSampler(brokers, queue, SAMPLER_START + seconds + 2) as depth:
+        time.sleep(SAMPLER_START)
+        published_from_ms = time.time() * 1000
         t0 = time.monotonic()
         for i in range(total):
             target = t0 + i / rate
@@ -780,14 +852,20 @@ def phase_latency(
         "max_ms": latencies[-1] * 1000 if latencies else float("nan"),
         "max_ready": depth.max_ready,
         "max_total": depth.max_total,
-        "ctl_samples": depth.ctl_samples,
         "complete": arrived,
     }
+    if depth.max_total is None:
+        total_text = "ready + unacked not measured"
+    else:
+        late = depth.started_ms - published_from_ms
+        total_text = f"{depth.max_total} ready + unacked ({depth.total_samples} samples inside RabbitMQ" + (
+            f", from {late:.0f} ms after publishing began)" if late > 0 else ")"
+        )
     print(
         f"  latency {policy}: offered {result['offered']:,.0f} msg/s for {publish_elapsed:.1f} s; "
         f"{len(latencies)}/{total} tasks ran; p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
-        f"max {result['max_ms']:.1f} ms; Pulse queue depth max {depth.max_ready} ready (passive, 20 ms), "
-        f"{depth.max_total} ready+unacked ({depth.ctl_samples} rabbitmqctl samples)"
+        f"max {result['max_ms']:.1f} ms; Pulse queue depth max {total_text}; {depth.max_ready} ready "
+        f"({depth.samples} passive declares)"
     )
     return result
 
@@ -870,6 +948,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     runs: dict[str, list[float]] = {}
     rss: dict[str, Any] | None = None
     latency: list[dict[str, Any]] = []
+    scaled: list[dict[str, Any]] = []  # the latency phase at the load the issue meant, scaled
     try:
         brokers.setup()
         print(
@@ -907,10 +986,24 @@ def main(argv: Iterable[str] | None = None) -> int:
         if not args.skip_rss:
             rss = phase_rss(brokers, messages, workdir, args.concurrency)
         if not args.skip_latency:
-            for policy in [p.strip() for p in args.latency_policies.split(",") if p.strip()]:
+            policies = [p.strip() for p in args.latency_policies.split(",") if p.strip()]
+            for policy in policies:
                 latency.append(
                     phase_latency(brokers, workdir, policy, args.rate, args.latency_seconds, args.concurrency)
                 )
+            if rates.get("ceiling"):
+                scaled_rate = round(T_DEPTH_RATE * rates["ceiling"] / REFERENCE_CEILING)
+                if abs(scaled_rate - args.rate) > 0.15 * args.rate:
+                    print(
+                        f"  this machine's ceiling is {rates['ceiling']:,.0f} msg/s, the issue's "
+                        f"{REFERENCE_CEILING:,}: the same load here is {scaled_rate:,} msg/s"
+                    )
+                    for policy in policies:
+                        scaled.append(
+                            phase_latency(
+                                brokers, workdir, policy, scaled_rate, args.latency_seconds, args.concurrency
+                            )
+                        )
     except KeyboardInterrupt:
         print("interrupted: cleaning up")
         return 130
@@ -981,7 +1074,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         )
     for lat in latency:
         note = "" if args.rate == T_DEPTH_RATE else f"; the target is defined at {T_DEPTH_RATE:,} msg/s"
-        depth = max(lat["max_ready"], lat["max_total"])
+        depth = lat["max_total"] if lat["max_total"] is not None else float("inf")
         line(
             lat["complete"] and lat["ran"] >= lat["sent"] and depth < T_DEPTH,
             f"{lat['policy']}: Pulse queue depth at {lat['offered']:,.0f} msg/s offered: max {depth} "
@@ -990,6 +1083,13 @@ def main(argv: Iterable[str] | None = None) -> int:
         print(
             f"  info  {lat['policy']}: latency publish -> task start p50 {lat['p50_ms']:.1f} ms, "
             f"p99 {lat['p99_ms']:.1f} ms (no target)"
+        )
+    for lat in scaled:
+        ran = lat["ran"] >= lat["sent"] and lat["complete"]
+        print(
+            f"  info  {lat['policy']}: at {lat['offered']:,.0f} msg/s offered (1,000 x this machine's "
+            f"ceiling / {REFERENCE_CEILING:,}): depth max {lat['max_total']}, p50 {lat['p50_ms']:.1f} ms, "
+            f"p99 {lat['p99_ms']:.1f} ms; {lat['ran']}/{lat['sent']} ran" + ("" if ran else " (NOT ALL)")
         )
     return 1 if failed else 0
 
