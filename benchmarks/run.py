@@ -250,7 +250,7 @@ def prefill_celery(brokers: Brokers, messages: list[tuple[str, bytes, list[str]]
 # -- workers -----------------------------------------------------------------------
 
 WORKERS: list[Worker] = []
-SIDE_PROCESSES: list[subprocess.Popen[bytes]] = []
+SIDE_PROCESSES: list[subprocess.Popen[Any]] = []
 
 
 def start_worker(
@@ -807,7 +807,7 @@ def phase_latency(
     body = json.loads(template[1])
     ch = brokers.pulse_conn.channel()  # no confirms: pacing must not wait; the records prove arrival
     # The in-broker sampler's Erlang VM starts while the worker is still idle.
-    with DepthSampler(brokers, queue, SAMPLER_START + seconds + 2) as depth:
+    with DepthSampler(brokers, queue, SAMPLER_START + seconds + 5) as depth:
         time.sleep(SAMPLER_START)
         published_from_ms = time.time() * 1000
         t0 = time.monotonic()
