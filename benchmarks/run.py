@@ -605,17 +605,23 @@ def phase_complete(brokers: Brokers, messages: list, workdir: Path, concurrency:
     return report_rate("complete", n, end - start, ok, counts, cpu_use)
 
 
-def phase_celery(brokers: Brokers, messages: list, workdir: Path, concurrency: int) -> float:
+def phase_celery(brokers: Brokers, messages: list, workdir: Path, concurrency: int, profile: bool) -> float:
     """Celery's own: the same no-op task, N task messages pre-published to the Celery queue."""
     brokers.purge_celery()
     prefill_celery(brokers, messages)
     n = len(messages)
     worker = start_worker(brokers, workdir, "celery", "none", "unused", concurrency, False)
+    profiler = None
+    if profile:
+        time.sleep(0.3)  # let the interpreter come up before py-spy attaches
+        profiler = Profiler(worker.process.pid, workdir / "celery.pyspy.txt")
     start = log_time(worker, " ready.")
     cpu = CpuMeter(worker.process.pid)
     drained = wait_until(lambda: brokers.celery_ready() == 0, drain_timeout(n))
     end = time.time()
     cpu.stop()
+    if profiler is not None:
+        profiler.stop_and_report()
     ok, counts = verify_empty(lambda: brokers.celery_counts())
     stop_worker(worker)
     brokers.purge_celery()
@@ -911,7 +917,7 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-latency", action="store_true")
     p.add_argument("--skip-rss", action="store_true")
     p.add_argument(
-        "--py-spy", action="store_true", help="profile the enqueue and complete workers (slows them)"
+        "--py-spy", action="store_true", help="profile the enqueue, celery and complete workers (slow)"
     )
     p.add_argument("--workdir", type=Path, help="where worker logs go (default: a temporary directory)")
     return p.parse_args(argv)
@@ -974,7 +980,7 @@ def main(argv: Iterable[str] | None = None) -> int:
                 )
             if "celery" in phases:
                 runs.setdefault("celery", []).append(
-                    phase_celery(brokers, messages, workdir, args.concurrency)
+                    phase_celery(brokers, messages, workdir, args.concurrency, args.py_spy)
                 )
             if "complete" in phases:
                 runs.setdefault("complete", []).append(
