@@ -123,8 +123,8 @@ class Brokers:
     def purge_celery(self) -> None:
         self.celery_poll.queue_purge(CELERY_QUEUE)
 
-    def pulse_counts(self, name: str, nice: bool = False) -> tuple[int, int] | None:
-        return queue_counts(self.pulse.vhost, name, nice=nice)
+    def pulse_counts(self, name: str) -> tuple[int, int] | None:
+        return self.pulse.queue_counts(name)
 
     def celery_counts(self, name: str = CELERY_QUEUE) -> tuple[int, int] | None:
         return queue_counts(self.celery_vhost, name)
@@ -341,6 +341,7 @@ class CpuMeter:
             self.pids["pool children"] = children(pid)
         self.t0 = time.monotonic()
         self.start = {name: self._cpu(name) for name in self.pids}
+        self.wall = 0.0
         self.used: dict[str, float] = {}
 
     def _cpu(self, name: str) -> float:
@@ -352,8 +353,7 @@ class CpuMeter:
         return self
 
     def report(self, n: int) -> str:
-        if not self.used:
-            self.stop()
+        """The figures of the phase, which :meth:`stop` ended, for ``n`` messages."""
         parts = [
             f"{name} {100 * used / self.wall:.0f}% of a core, {1e6 * used / n:.0f} us/msg"
             for name, used in self.used.items()
@@ -557,7 +557,7 @@ def phase_enqueue(brokers: Brokers, messages: list, workdir: Path, concurrency: 
         lambda: brokers.pulse_ready(queue) == 0 and brokers.celery_ready() >= n, drain_timeout(n)
     )
     end = time.time()
-    cpu_use = cpu.report(n)
+    cpu_use = cpu.stop().report(n)
     if profiler is not None:
         profiler.stop_and_report()
     ok, counts = verify_empty(lambda: brokers.pulse_counts(queue))
@@ -593,7 +593,7 @@ def phase_complete(brokers: Brokers, messages: list, workdir: Path, concurrency:
     cpu = CpuMeter(worker.process.pid)
     drained = wait_until(lambda: brokers.pulse_ready(queue) == 0, drain_timeout(n))
     end = time.time()
-    cpu_use = cpu.report(n)
+    cpu_use = cpu.stop().report(n)
     if profiler is not None:
         profiler.stop_and_report()
     ok, counts = verify_empty(lambda: brokers.pulse_counts(queue))

@@ -121,25 +121,18 @@ def taskcluster_message(state: str = "completed", **fields: Any) -> tuple[str, d
     return key, body
 
 
-def _rabbitmqctl(*args: str, nice: bool = False) -> str:
-    command = ["rabbitmqctl", "-q", *args]
-    if nice:  # lowest CPU priority: each call starts an Erlang VM, about half a second of CPU
-        command = ["nice", "-n", "19", *command]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+def _rabbitmqctl(*args: str) -> str:
+    result = subprocess.run(
+        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=120, check=False
+    )
     if result.returncode != 0:
         raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip() or result.stdout}")
     return result.stdout
 
 
-def queue_counts(vhost: str, name: str, *, nice: bool = False) -> tuple[int, int] | None:
-    """Return ``(ready, unacknowledged)`` for queue ``name`` in ``vhost``, or None if it does not exist.
-
-    ``nice=True`` runs ``rabbitmqctl`` at the lowest CPU priority, for sampling while
-    something else is being measured.
-    """
-    out = _rabbitmqctl(
-        "list_queues", "-p", vhost, "name", "messages_ready", "messages_unacknowledged", nice=nice
-    )
+def queue_counts(vhost: str, name: str) -> tuple[int, int] | None:
+    """Return ``(ready, unacknowledged)`` for queue ``name`` in ``vhost``, or None if it does not exist."""
+    out = _rabbitmqctl("list_queues", "-p", vhost, "name", "messages_ready", "messages_unacknowledged")
     for line in out.splitlines():
         parts = line.split("\t")
         if parts and parts[0] == name:
