@@ -7,6 +7,8 @@ Steered by the environment:
   ``queue/<user>/<BENCH_QUEUE>`` with that ack policy; ``none`` (default) makes a plain
   Celery app with no Pulse binding at all (Celery's own throughput).
 * ``PULSE_URL``: the Pulse-like broker, with credentials.
+* ``BENCH_QUEUE_TYPE``, ``BENCH_PREFETCH_COUNT``: ``pulse_queue_type`` and
+  ``pulse_prefetch_count`` (defaults ``quorum`` and 200, the library's).
 * ``BENCH_RECORD``: if set, the task appends ``time.time() - payload["bench_published_at"]``
   (seconds, publish to task start) to this file, one line per task.
 """
@@ -29,6 +31,7 @@ app = Celery("bench_app", broker=os.environ["CELERY_BROKER_URL"])
 if POLICY != "none":
     app.conf.pulse_url = os.environ["PULSE_URL"]
     app.conf.pulse_queue_type = os.environ.get("BENCH_QUEUE_TYPE", "quorum")
+    app.conf.pulse_prefetch_count = int(os.environ.get("BENCH_PREFETCH_COUNT", "200"))
 
 
 def noop(payload: dict) -> None:

@@ -66,9 +66,10 @@ REFERENCE_CEILING = 9000
 class Brokers:
     """A fresh Pulse-like vhost (and its restricted user) and a fresh Celery vhost."""
 
-    def __init__(self, queue_type: str) -> None:
+    def __init__(self, queue_type: str, prefetch_count: int = PULSE_PREFETCH) -> None:
         tag = uuid.uuid4().hex[:8]
         self.queue_type = queue_type
+        self.prefetch_count = prefetch_count  # the workers' pulse_prefetch_count (enqueue queues)
         self.pulse = PulseLikeBroker(vhost=f"bench-pulse-{tag}", user=f"bench{tag}")
         self.celery_vhost = f"bench-celery-{tag}"
         self.celery_url = f"amqp://guest:guest@127.0.0.1:5672/{self.celery_vhost}"
@@ -269,6 +270,7 @@ def start_worker(
         "BENCH_POLICY": policy,
         "BENCH_QUEUE": queue,
         "BENCH_QUEUE_TYPE": brokers.queue_type,
+        "BENCH_PREFETCH_COUNT": str(brokers.prefetch_count),
     }
     if record is not None:
         env["BENCH_RECORD"] = str(record)
@@ -662,7 +664,7 @@ def phase_rss(brokers: Brokers, messages: list, workdir: Path, concurrency: int)
         time.sleep(0.1)
     os.kill(pid, signal.SIGSTOP)
     try:
-        prefill_pulse(brokers, messages, queue, in_flight=PULSE_PREFETCH)
+        prefill_pulse(brokers, messages, queue, in_flight=brokers.prefetch_count)
         backlog = brokers.pulse_ready(queue)
     finally:
         os.kill(pid, signal.SIGCONT)
@@ -695,7 +697,7 @@ def phase_rss(brokers: Brokers, messages: list, workdir: Path, concurrency: int)
         "drain_rate": n / elapsed if drained else 0.0,
     }
     print(
-        f"  rss: backlog {backlog} ready (+ up to {PULSE_PREFETCH} prefetched); "
+        f"  rss: backlog {backlog} ready (+ up to {brokers.prefetch_count} prefetched); "
         f"main idle {result['idle_main_mb']:.1f} MB, peak "
         f"{result['peak_main_mb']:.1f} MB, after {result['after_main_mb']:.1f} MB; children idle "
         f"{result['idle_kids_mb']:.1f} MB, peak {result['peak_kids_mb']:.1f} MB; drained after SIGCONT "
@@ -912,6 +914,12 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--queue-type", choices=("quorum", "classic"), default="quorum", help="Pulse queue type")
     p.add_argument(
+        "--pulse-prefetch-count",
+        type=int,
+        default=PULSE_PREFETCH,
+        help=f"the workers' pulse_prefetch_count, the prefetch of enqueue queues (default {PULSE_PREFETCH})",
+    )
+    p.add_argument(
         "--phases", default=",".join(ALL_PHASES), help=f"throughput phases (default {','.join(ALL_PHASES)})"
     )
     p.add_argument("--skip-latency", action="store_true")
@@ -944,12 +952,13 @@ def main(argv: Iterable[str] | None = None) -> int:
 
     print(
         f"pulse_celery benchmark: N={args.n}, {os.cpu_count()} CPUs, prefork -c {args.concurrency}, "
-        f"Pulse queue {args.queue_type}, pulse_celery {pulse_celery.__version__}, "
+        f"Pulse queue {args.queue_type}, enqueue prefetch {args.pulse_prefetch_count}, "
+        f"pulse_celery {pulse_celery.__version__}, "
         f"celery {celery.__version__}, "
         f"kombu {kombu.__version__}, py-amqp {amqp.__version__}, Python {sys.version.split()[0]}"
     )
     print(f"worker logs: {workdir}")
-    brokers = Brokers(args.queue_type)
+    brokers = Brokers(args.queue_type, args.pulse_prefetch_count)
     rates: dict[str, float] = {}
     runs: dict[str, list[float]] = {}
     rss: dict[str, Any] | None = None
