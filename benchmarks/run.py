@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import statistics
@@ -45,7 +46,7 @@ IDLE_QUEUE = "bench.nobody"  # a Celery queue nobody publishes to (enqueue worke
 PULSE_PREFETCH = 200  # pulse_prefetch_count's default: what an enqueue worker may hold unacked
 SAMPLER_START = 3.0  # seconds the in-broker depth sampler gets to start before publishing
 POLL = 0.01  # seconds between two passive queue_declare polls
-ALL_PHASES = ("ceiling", "handwritten", "enqueue", "complete", "celery")
+ALL_PHASES = ("ceiling", "bound", "handwritten", "enqueue", "complete", "celery")
 LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): ")
 
 # Targets from issue 4.
@@ -223,24 +224,34 @@ def prefill_pulse(
     return len(messages) / (time.monotonic() - t0)
 
 
-def prefill_celery(brokers: Brokers, messages: list[tuple[str, bytes, list[str]]]) -> None:
-    """Publish one task message per Pulse payload to the Celery queue, as apply_async would build it."""
+def celery_task_messages(
+    brokers: Brokers, messages: list[tuple[str, bytes, list[str]]]
+) -> list[amqp.Message]:
+    """One persistent task message per Pulse payload, as apply_async would build it."""
     app = Celery("bench_app", broker=brokers.celery_url)
-    pub = ConfirmingPublisher(brokers.celery_conn)
+    out = []
     for _key, body, _routes in messages:
         task_id = str(uuid.uuid4())
         headers, properties, task_body, _ = app.amqp.as_task_v2(
             task_id, TASK_NAME, args=(json.loads(body),), kwargs={}
         )
-        data = json.dumps(task_body).encode()
-        msg = amqp.Message(
-            data,
-            content_type="application/json",
-            content_encoding="utf-8",
-            application_headers=headers,
-            delivery_mode=2,
-            **properties,
+        out.append(
+            amqp.Message(
+                json.dumps(task_body).encode(),
+                content_type="application/json",
+                content_encoding="utf-8",
+                application_headers=headers,
+                delivery_mode=2,
+                **properties,
+            )
         )
+    return out
+
+
+def prefill_celery(brokers: Brokers, messages: list[tuple[str, bytes, list[str]]]) -> None:
+    """Publish one task message per Pulse payload to the Celery queue."""
+    pub = ConfirmingPublisher(brokers.celery_conn)
+    for msg in celery_task_messages(brokers, messages):
         pub.publish(msg, "", CELERY_QUEUE)
     pub.wait()
     pub.close()
@@ -506,6 +517,84 @@ def phase_ceiling(brokers: Brokers, messages: list, prefetch: int = 200) -> floa
     ok, counts = verify_empty(lambda: brokers.pulse_counts(queue))
     brokers.delete_pulse_queue(queue)
     return report_rate("ceiling", n, elapsed, ok, counts, cpu.report(n))
+
+
+def phase_bound(brokers: Brokers, messages: list) -> float:
+    """What the broker allows a hand-off: the enqueue work with nothing but py-amqp around it.
+
+    Consumes the Pulse queue at the enqueue workers' prefetch, publishes a task message built
+    before the clock starts for each delivery to the Celery queue with pipelined confirms
+    (persistent, mandatory), and acks the Pulse deliveries with ``multiple=True`` as the
+    confirms come in: the same frames pulse_celery sends, and no Celery, no decoding, no
+    building. pulse_celery's ``enqueue`` cannot go faster than this on the same broker.
+    """
+    queue = brokers.pulse_queue("bench-bound")
+    prefill_pulse(brokers, messages, queue)
+    brokers.purge_celery()
+    task_messages = celery_task_messages(brokers, messages)
+    n = len(messages)
+    pulse = amqp_connect(brokers.pulse.vhost, brokers.pulse.user, brokers.pulse.password)
+    celery = amqp_connect(brokers.celery_vhost)
+    pulse_ch, celery_ch = pulse.channel(), celery.channel()
+    celery_ch.confirm_select()
+    pulse_ch.basic_qos(0, brokers.prefetch_count, False)
+    #: publish sequence number -> Pulse delivery tag, in publish (= delivery) order
+    delivery_of: dict[int, int] = {}
+    state = {"published": 0, "settled": 0, "failed": 0}
+
+    def on_delivery(message: amqp.Message) -> None:
+        state["published"] += 1
+        delivery_of[state["published"]] = message.delivery_tag
+        celery_ch.basic_publish(
+            task_messages[state["published"] - 1], exchange="", routing_key=CELERY_QUEUE, mandatory=True
+        )
+
+    def on_confirm(seq: int, multiple: bool, nacked: bool = False) -> None:
+        if multiple:
+            done = []
+            while delivery_of and next(iter(delivery_of)) <= seq:
+                done.append(delivery_of.pop(next(iter(delivery_of))))
+            if done:
+                pulse_ch.basic_ack(done[-1], multiple=True)
+        else:
+            tag = delivery_of.pop(seq, None)
+            done = [] if tag is None else [tag]
+            if tag is not None:
+                pulse_ch.basic_ack(tag)
+        state["settled"] += len(done)
+        if nacked:
+            state["failed"] += len(done)
+
+    celery_ch.events["basic_ack"].add(on_confirm)
+    celery_ch.events["basic_nack"].add(lambda seq, multiple: on_confirm(seq, multiple, nacked=True))
+
+    def on_return(*args: Any) -> None:
+        state["failed"] += 1
+
+    celery_ch.events["basic_return"].add(on_return)
+    pulse_ch.basic_consume(queue, callback=on_delivery)
+    sockets = {pulse.sock: pulse, celery.sock: celery}
+    cpu = CpuMeter(os.getpid(), "consumer (this process)")
+    t0 = time.monotonic()
+    while state["settled"] < n and time.monotonic() - t0 < drain_timeout(n):
+        readable, _, _ = select.select(list(sockets), [], [], 0.001)
+        # All of them after a timeout too: py-amqp may hold a whole frame already read.
+        for sock in readable or list(sockets):
+            while True:
+                try:
+                    sockets[sock].drain_events(timeout=0)
+                except TimeoutError:
+                    break
+    elapsed = time.monotonic() - t0
+    cpu.stop()
+    pulse.close()
+    celery.close()
+    ok, counts = verify_empty(lambda: brokers.pulse_counts(queue))
+    handed = brokers.celery_ready()
+    brokers.delete_pulse_queue(queue)
+    brokers.purge_celery()
+    extra = f"task messages on the Celery broker: {handed} (expected {n}); {cpu.report(n)}"
+    return report_rate("bound", n, elapsed, ok and handed == n and not state["failed"], counts, extra)
 
 
 def phase_handwritten(brokers: Brokers, messages: list, prefetch: int = 200) -> float:
@@ -981,6 +1070,8 @@ def main(argv: Iterable[str] | None = None) -> int:
                 print(f"round {round_number} of {args.rounds}")
             if "ceiling" in phases:
                 runs.setdefault("ceiling", []).append(phase_ceiling(brokers, messages))
+            if "bound" in phases:
+                runs.setdefault("bound", []).append(phase_bound(brokers, messages))
             if "handwritten" in phases:
                 runs.setdefault("handwritten", []).append(phase_handwritten(brokers, messages))
             if "enqueue" in phases:
@@ -1034,13 +1125,14 @@ def main(argv: Iterable[str] | None = None) -> int:
     print(f"Throughput, N={args.n} ({what}msg/s; ratio to the ceiling, phase 1)")
     labels = {
         "ceiling": "1  ceiling: bare kombu consumer, ack each (prefetch 200)",
+        "bound": f"1b broker bound of a hand-off: bare py-amqp (prefetch {args.pulse_prefetch_count})",
         "handwritten": "2  hand-written: apply_async + confirm_publish, then ack",
         "enqueue": f"3  pulse_celery enqueue, celery worker -c {args.concurrency}",
         "celery": f"4a Celery's own: no-op task from a Celery queue, -c {args.concurrency}",
         "complete": f"4b pulse_celery complete: no-op task, prefork -c {args.concurrency}",
     }
     ceiling = rates.get("ceiling")
-    for key in ("ceiling", "handwritten", "enqueue", "celery", "complete"):
+    for key in ("ceiling", "bound", "handwritten", "enqueue", "celery", "complete"):
         if key in rates:
             each = ", ".join(f"{value:,.0f}" for value in runs[key]) if args.rounds > 1 else ""
             print(
@@ -1067,6 +1159,12 @@ def main(argv: Iterable[str] | None = None) -> int:
         line(
             r is not None and r >= T_ENQUEUE_VS_CEILING,
             f"enqueue / ceiling = {fmt_ratio(r)} (target >= {T_ENQUEUE_VS_CEILING:g}x)",
+        )
+    r = ratio(rates.get("enqueue"), rates.get("bound"))
+    if r is not None:
+        print(
+            f"  info  enqueue / broker bound of a hand-off (1b) = {fmt_ratio(r)}; the bound itself is "
+            f"{fmt_ratio(ratio(rates.get('bound'), rates.get('ceiling')))} of the ceiling"
         )
     r = ratio(rates.get("complete"), rates.get("celery"))
     if r is not None or ("complete" in phases and "celery" in phases):
