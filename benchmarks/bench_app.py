@@ -9,6 +9,7 @@ Steered by the environment:
 * ``PULSE_URL``: the Pulse-like broker, with credentials.
 * ``BENCH_QUEUE_TYPE``, ``BENCH_PREFETCH_COUNT``: ``pulse_queue_type`` and
   ``pulse_prefetch_count`` (defaults ``quorum`` and 200, the library's).
+* ``BENCH_CELERY_QUEUE_TYPE``: ``task_default_queue_type`` (default ``classic``, Celery's).
 * ``BENCH_RECORD``: if set, the task appends ``time.time() - payload["bench_published_at"]``
   (seconds, publish to task start) to this file, one line per task.
 """
@@ -28,6 +29,7 @@ QUEUE = os.environ.get("BENCH_QUEUE", "bench")
 RECORD = os.environ.get("BENCH_RECORD")
 
 app = Celery("bench_app", broker=os.environ["CELERY_BROKER_URL"])
+app.conf.task_default_queue_type = os.environ.get("BENCH_CELERY_QUEUE_TYPE", "classic")
 if POLICY != "none":
     app.conf.pulse_url = os.environ["PULSE_URL"]
     app.conf.pulse_queue_type = os.environ.get("BENCH_QUEUE_TYPE", "quorum")

@@ -27,12 +27,12 @@ def test_every_benchmark_phase_runs_and_drains_its_queue():
     )
     out = result.stdout
     assert result.returncode in (0, 1), out + result.stderr  # 1: a target failed, expected at this N
-    for phase in ("ceiling", "bound", "handwritten", "enqueue", "celery", "complete"):
+    for phase in ("ceiling", "bare", "handwritten", "enqueue", "celery", "complete"):
         line = re.search(rf"^  {phase}: .*$", out, re.MULTILINE)
         assert line is not None, out
         assert "verified 0 ready / 0 unacked" in line.group(0), line.group(0)
     handed = r"task messages on the Celery broker: 300 \(expected 300\)"
-    for phase in ("bound", "enqueue"):
+    for phase in ("bare", "enqueue"):
         assert re.search(rf"^  {phase}: .*{handed}", out, re.MULTILINE), out
     for policy in ("enqueue", "complete"):
         line = re.search(rf"latency {policy}: .* 2000/2000 tasks ran.*$", out, re.MULTILINE)
