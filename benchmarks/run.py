@@ -587,19 +587,21 @@ def phase_bare(brokers: Brokers, messages: list) -> float:
     sockets = {pulse.sock: pulse, celery.sock: celery}
     cpu = CpuMeter(os.getpid(), "consumer (this process)")
     t0 = time.monotonic()
-    while state["settled"] < n and time.monotonic() - t0 < drain_timeout(n):
-        readable, _, _ = select.select(list(sockets), [], [], 0.001)
-        # All of them after a timeout too: py-amqp may hold a whole frame already read.
-        for sock in readable or list(sockets):
-            while True:
-                try:
-                    sockets[sock].drain_events(timeout=0)
-                except TimeoutError:
-                    break
-    elapsed = time.monotonic() - t0
-    cpu.stop()
-    pulse.close()
-    celery.close()
+    try:
+        while state["settled"] < n and time.monotonic() - t0 < drain_timeout(n):
+            readable, _, _ = select.select(list(sockets), [], [], 0.001)
+            # All of them after a timeout too: py-amqp may hold a whole frame already read.
+            for sock in readable or list(sockets):
+                while True:
+                    try:
+                        sockets[sock].drain_events(timeout=0)
+                    except TimeoutError:
+                        break
+        elapsed = time.monotonic() - t0
+        cpu.stop()
+    finally:
+        for conn in (pulse, celery):
+            conn.close()
     ok, counts = verify_empty(lambda: brokers.pulse_counts(queue))
     handed = brokers.celery_ready()
     brokers.delete_pulse_queue(queue)
