@@ -6,6 +6,7 @@ import os
 import socket
 from collections.abc import Iterator
 
+import kombu.pools
 import pytest
 
 from pulse_celery.testing import PulseLikeBroker
@@ -32,6 +33,19 @@ def rabbitmq() -> None:
     if os.environ.get("CI"):
         pytest.fail("RabbitMQ is not reachable on 127.0.0.1:5672, and CI must run these tests")
     pytest.skip("RabbitMQ is not reachable on 127.0.0.1:5672 (start it: rabbitmq-server -detached)")
+
+
+@pytest.fixture(autouse=True)
+def _close_broadcast_connections() -> Iterator[None]:
+    """Close the connections ``app.control.broadcast`` leaves open after each test.
+
+    Celery's remote control (``pulse_celery.control``, ``celery inspect``) publishes and reads
+    replies through kombu's process-wide connection and producer pools, which ``app.close()``
+    does not touch: without this, two sockets per broadcasting test stay open until the
+    interpreter exits and print "ResourceWarning: unclosed socket" there.
+    """
+    yield
+    kombu.pools.reset()
 
 
 @pytest.fixture

@@ -53,7 +53,7 @@ def client(celery_broker) -> Celery:
 
 @pytest.fixture(autouse=True)
 def _close_clients():
-    """Close each test's client app: its broadcast connections, or the sockets outlive the test."""
+    """Close each test's client app (its own pools; conftest closes kombu's shared ones)."""
     yield
     while _clients:
         _clients.pop().close()
