@@ -7,9 +7,9 @@ Steered by the environment:
   ``queue/<user>/<BENCH_QUEUE>`` with that ack policy; ``none`` (default) makes a plain
   Celery app with no Pulse binding at all (Celery's own throughput).
 * ``PULSE_URL``: the Pulse-like broker, with credentials.
-* ``BENCH_QUEUE_TYPE``, ``BENCH_PREFETCH_COUNT``: ``pulse_queue_type`` and
-  ``pulse_prefetch_count`` (defaults ``quorum`` and 200, the library's).
-* ``BENCH_CELERY_QUEUE_TYPE``: ``task_default_queue_type`` (default ``classic``, Celery's).
+* ``BENCH_QUEUE_TYPE``, ``BENCH_PREFETCH_COUNT``, ``BENCH_CELERY_QUEUE_TYPE``:
+  ``pulse_queue_type``, ``pulse_prefetch_count`` and ``task_default_queue_type``; unset, the
+  library's and Celery's defaults apply.
 * ``BENCH_RECORD``: if set, the task appends ``time.time() - payload["bench_published_at"]``
   (seconds, publish to task start) to this file, one line per task.
 """
@@ -29,11 +29,14 @@ QUEUE = os.environ.get("BENCH_QUEUE", "bench")
 RECORD = os.environ.get("BENCH_RECORD")
 
 app = Celery("bench_app", broker=os.environ["CELERY_BROKER_URL"])
-app.conf.task_default_queue_type = os.environ.get("BENCH_CELERY_QUEUE_TYPE", "classic")
+if "BENCH_CELERY_QUEUE_TYPE" in os.environ:
+    app.conf.task_default_queue_type = os.environ["BENCH_CELERY_QUEUE_TYPE"]
 if POLICY != "none":
     app.conf.pulse_url = os.environ["PULSE_URL"]
-    app.conf.pulse_queue_type = os.environ.get("BENCH_QUEUE_TYPE", "quorum")
-    app.conf.pulse_prefetch_count = int(os.environ.get("BENCH_PREFETCH_COUNT", "200"))
+    if "BENCH_QUEUE_TYPE" in os.environ:
+        app.conf.pulse_queue_type = os.environ["BENCH_QUEUE_TYPE"]
+    if "BENCH_PREFETCH_COUNT" in os.environ:
+        app.conf.pulse_prefetch_count = int(os.environ["BENCH_PREFETCH_COUNT"])
 
 
 def noop(payload: dict) -> None:

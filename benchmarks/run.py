@@ -565,13 +565,10 @@ def phase_bare(brokers: Brokers, messages: list) -> float:
             done = []
             while delivery_of and next(iter(delivery_of)) <= seq:
                 done.append(delivery_of.pop(next(iter(delivery_of))))
-            if done:
-                pulse_ch.basic_ack(done[-1], multiple=True)
         else:
-            tag = delivery_of.pop(seq, None)
-            done = [] if tag is None else [tag]
-            if tag is not None:
-                pulse_ch.basic_ack(tag)
+            done = [delivery_of.pop(seq)] if seq in delivery_of else []
+        if done:  # a multiple confirm settles a prefix of the deliveries: ack it the same way
+            pulse_ch.basic_ack(done[-1], multiple=multiple)
         state["settled"] += len(done)
         if nacked:
             state["failed"] += len(done)
