@@ -28,16 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import amqp
+from celery import Celery
+from kombu import Connection, Consumer, Queue
+
+from pulse_celery.testing import PulseLikeBroker, Worker, queue_counts, rabbitmqctl, taskcluster_message
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
-
-from celery import Celery  # noqa: E402
-from kombu import Connection, Consumer, Queue  # noqa: E402
-
-from pulse_celery.testing import PulseLikeBroker, _rabbitmqctl, queue_counts, taskcluster_message  # noqa: E402
-from tests.integration.harness import Worker  # noqa: E402
 
 EXCHANGE = "exchange/taskcluster-queue/v1/task-completed"
 TASK_NAME = "bench_app.noop"
@@ -82,8 +79,8 @@ class Brokers:
 
     def setup(self) -> Brokers:
         self.pulse.setup([EXCHANGE])
-        _rabbitmqctl("add_vhost", self.celery_vhost)
-        _rabbitmqctl("set_permissions", "-p", self.celery_vhost, "guest", ".*", ".*", ".*")
+        rabbitmqctl("add_vhost", self.celery_vhost)
+        rabbitmqctl("set_permissions", "-p", self.celery_vhost, "guest", ".*", ".*", ".*")
         self.pulse_conn = amqp_connect(self.pulse.vhost)
         self.celery_conn = amqp_connect(self.celery_vhost)
         self.pulse_poll = self.pulse_conn.channel()
@@ -103,7 +100,7 @@ class Brokers:
                 pass
         self.pulse.teardown()
         try:
-            _rabbitmqctl("delete_vhost", self.celery_vhost)
+            rabbitmqctl("delete_vhost", self.celery_vhost)
         except RuntimeError:
             pass
 

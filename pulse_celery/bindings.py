@@ -8,31 +8,36 @@ the registry of bindings: :func:`app_bindings` reads them back.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import functools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+import click
 from celery import Celery, Task
-from celery.local import PromiseProxy
 
+from . import _compat
 from .config import ACK_POLICIES
 from .errors import BindingError
-from .payloads import check_payload, check_payload_type
-from .payloads import install as install_payload_type
-from .routing_keys import topic_matches, validate_pattern
+from .pulse.bindings import Binding as PulseBinding
+from .pulse.bindings import normalize_reference
+from .pulse.payloads import check_payload, check_payload_type, converter
+from .pulse.routing_keys import validate_pattern
+from .pulse.topology import validate_queue_suffix
 
 #: Attribute that holds the bindings on a task (or on a plain function under ``@app.task``).
 BINDINGS_ATTRIBUTE = "pulse_bindings"
+#: Attribute of a wrapped ``run`` that names the type it converts to.
+WRAPPED_ATTRIBUTE = "__pulse_payload__"
+_STEP_INSTALLED = "_pulse_celery_installed"
 
 _T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
-class Binding:
+class Binding(PulseBinding):
     """One exchange and routing-key pattern feeding one task through one Pulse queue."""
 
-    exchange: str
-    routing_key: str
     #: Queue suffix (``queue/<user>/<queue>``), or None for an anonymous queue.
     queue: str | None
     #: Ack policy, or None for the app-wide default (``pulse_ack_policy``).
@@ -42,73 +47,14 @@ class Binding:
     #: Type the task receives instead of the JSON object (a dataclass or pydantic model), or None.
     payload: type | None = None
 
-    def matches(self, exchange: str, routing_keys: Iterable[str]) -> bool:
-        """Return True when a message from ``exchange`` with any of ``routing_keys`` fits."""
-        return exchange == self.exchange and any(topic_matches(self.routing_key, key) for key in routing_keys)
+    def policy(self, default: str) -> str:
+        """The ack policy of this binding: its own, or the app's ``default``."""
+        return self.ack or default
 
     def check_payload(self, data: Any) -> None:
         """Raise :class:`~pulse_celery.errors.PayloadMismatch` if ``data`` does not fit ``payload``."""
         if self.payload is not None:
             check_payload(self.payload, data)
-
-
-def _exchange_name(value: Any) -> str:
-    name = getattr(value, "name", value)  # a kombu Exchange, or a str
-    if not isinstance(name, str) or not name:
-        raise BindingError(f"exchange must be a non-empty name, not {value!r}")
-    return name
-
-
-def _attr(obj: Any, *names: str) -> Any:
-    for name in names:
-        value = getattr(obj, name, None)
-        if value is not None:
-            return value() if callable(value) and not isinstance(value, str) else value
-    return None
-
-
-def normalize_reference(exchange: Any, routing_key: str | None) -> tuple[str, str]:
-    """Turn any accepted way of naming a binding into ``(exchange name, routing-key pattern)``.
-
-    Accepted: a name and a pattern; a Taskcluster client reference
-    (``{"exchange": ..., "routingKeyPattern": ...}``); or an object with ``exchange_name`` and
-    ``routing_key`` (the Go client's ``Binding`` interface), as attributes or methods.
-    """
-    if isinstance(exchange, Mapping):
-        if routing_key is not None:
-            raise BindingError("give the routing key inside the Taskcluster reference, not beside it")
-        try:
-            return _exchange_name(exchange["exchange"]), exchange["routingKeyPattern"]
-        except KeyError as exc:
-            raise BindingError(
-                f"a Taskcluster reference needs 'exchange' and 'routingKeyPattern'; got {dict(exchange)!r}"
-            ) from exc
-    if not isinstance(exchange, str) and routing_key is None:
-        name = _attr(exchange, "exchange_name", "exchange")
-        key = _attr(exchange, "routing_key", "routing_key_pattern")
-        if name is None or key is None:
-            raise BindingError(
-                f"{exchange!r} provides no exchange name and routing key; pass "
-                "pulse_binding('exchange/...', 'routing.key.#', queue=...)"
-            )
-        return _exchange_name(name), key
-    if routing_key is None:
-        raise BindingError(
-            f"pulse_binding({exchange!r}) needs a routing-key pattern, e.g. 'primary.#' for every "
-            "Taskcluster task"
-        )
-    return _exchange_name(exchange), routing_key
-
-
-def validate_queue_suffix(queue: str) -> str:
-    """Return ``queue`` if it can name a Pulse queue (``queue/<user>/<queue>``), else raise."""
-    if not isinstance(queue, str) or not queue.strip():
-        raise BindingError("queue must be a non-empty name such as 'builds' (or None for an anonymous queue)")
-    if any(ch.isspace() or ord(ch) < 32 for ch in queue):
-        raise BindingError(f"queue {queue!r} contains white space or control characters")
-    if len(queue.encode()) > 200:
-        raise BindingError(f"queue {queue[:40]!r}... is too long: RabbitMQ allows 255 bytes with the prefix")
-    return queue
 
 
 def pulse_binding(
@@ -152,19 +98,16 @@ def pulse_binding(
 
 
 def _owning_app(target: Any) -> Celery:
-    if isinstance(target, PromiseProxy) and not target.__evaluated__():
-        # ``@app.task`` on an app not finalized yet returns a proxy of app._task_from_fun;
-        # reading the app from it avoids forcing the app to load its configuration now.
-        factory = object.__getattribute__(target, "_Proxy__local")
-        return factory.__self__
+    if _compat.is_unevaluated_task(target):
+        # ``@app.task`` on an app not finalized yet returns a proxy; reading the app from it
+        # avoids forcing the app to load its configuration now.
+        return _compat.app_of_task_proxy(target)
     if isinstance(target, Task):
         return target.app
     raise BindingError(f"@pulse_binding decorates a Celery task: put it above @app.task, not on {target!r}")
 
 
 def _attach(target: Any, binding: Binding) -> None:
-    from .bootstep import install
-
     def add(obj: Any) -> None:
         existing = tuple(getattr(obj, BINDINGS_ATTRIBUTE, ()))
         # One conversion when the task runs, whichever binding the message came through.
@@ -178,13 +121,68 @@ def _attach(target: Any, binding: Binding) -> None:
         # Decorators apply bottom-up: prepend to keep the order they are written in.
         setattr(obj, BINDINGS_ATTRIBUTE, (binding, *existing))
         if binding.payload is not None:
-            install_payload_type(obj, binding.payload)
+            _convert_payloads(obj, binding.payload)
 
     install(_owning_app(target))
-    if isinstance(target, PromiseProxy) and not target.__evaluated__():
+    if _compat.is_unevaluated_task(target):
         target.__then__(add, target)
     else:
         add(target)
+
+
+def _convert_payloads(task: Any, model: type) -> None:
+    """Make ``task`` receive its first argument as a ``model`` instance when it runs.
+
+    An argument that already is an instance is passed as it is, so ``task(instance)`` and
+    ``task.apply((instance,))`` work; a dict sent the ordinary Celery way is converted too.
+    """
+    current = task.run
+    wrapped = getattr(current, WRAPPED_ATTRIBUTE, None)
+    if wrapped is model:
+        return
+    if wrapped is not None:
+        raise BindingError(
+            f"task {task.name} already receives {wrapped.__name__} payloads; one task takes one payload type"
+        )
+    convert = converter(model)
+
+    @functools.wraps(current)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if args and not isinstance(args[0], model):
+            args = (convert(args[0]), *args[1:])
+        return current(*args, **kwargs)
+
+    setattr(run, WRAPPED_ATTRIBUTE, model)
+    # An instance attribute, as Celery's own autoretry wrapper does: the worker's tracer and
+    # Task.__call__ both call task.run.
+    task.run = run
+
+
+#: The Pulse step, by name: decorating a task must not import the worker (worker/step.py).
+STEP = "pulse_celery.worker.step:PulseStep"
+
+
+def install(app: Celery) -> None:
+    """Add the Pulse step and the ``--pulse/--no-pulse`` worker option to ``app`` (idempotent).
+
+    The step is named, not imported: Celery loads it when a worker starts. The remote-control
+    commands are registered here, since ``celery control pulse_pause`` checks the name
+    against Celery's registry in the process that sends it.
+    """
+    from . import control  # noqa: F401  (registers pulse_pause, pulse_resume, pulse_delete, pulse_status)
+
+    if getattr(app, _STEP_INSTALLED, False):
+        return
+    setattr(app, _STEP_INSTALLED, True)
+    app.steps["consumer"].add(STEP)
+    app.user_options["worker"].add(
+        click.Option(
+            ["--pulse/--no-pulse"],
+            default=True,
+            show_default=True,
+            help="Consume the Pulse queues this app's tasks are bound to.",
+        )
+    )
 
 
 def task_bindings(task: Task) -> tuple[Binding, ...]:
@@ -205,7 +203,7 @@ def complete_without_acks_late(app: Celery, default_policy: str, bindings: Itera
     """Say, per binding, why ``ack='complete'`` cannot hold for its task (acks_late is off)."""
     problems = []
     for binding in bindings:
-        if (binding.ack or default_policy) == "complete" and not app.tasks[binding.task_name].acks_late:
+        if binding.policy(default_policy) == "complete" and not app.tasks[binding.task_name].acks_late:
             problems.append(
                 f"task {binding.task_name} has a Pulse binding with ack='complete' but acks_late is "
                 "off, so Celery would ack the Pulse message when the task starts; declare it with "

@@ -45,14 +45,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from kombu import Connection, Exchange, Producer
+
+from pulse_celery.testing import CeleryVhost, PulseLikeBroker, Worker, taskcluster_message
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from kombu import Connection, Exchange, Producer  # noqa: E402
-
-from pulse_celery.testing import PulseLikeBroker, taskcluster_message  # noqa: E402
-from tests.integration.harness import CeleryVhost, Worker  # noqa: E402
-
+#: The app under test is the fault tests' own (run by `celery -A`, not imported here).
 APPS = ROOT / "tests" / "integration" / "apps"
 TASK_COMPLETED = "exchange/taskcluster-queue/v1/task-completed"
 LOOPBACK = "127.0.0.1"

@@ -13,8 +13,8 @@ import pickle
 import pytest
 from kombu import Exchange
 
-from pulse_celery.deadletters import list_dead_letters
 from pulse_celery.testing import publish
+from pulse_celery.worker.deadletters import list_dead_letters
 
 from .conftest import TASK_COMPLETED
 from .harness import read_records, wait_until

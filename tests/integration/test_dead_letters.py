@@ -9,8 +9,8 @@ from collections import Counter
 
 import pytest
 
-from pulse_celery.deadletters import list_dead_letters
 from pulse_celery.testing import _rabbitmqctl, publish
+from pulse_celery.worker.deadletters import list_dead_letters
 
 from .conftest import TASK_COMPLETED
 from .harness import APPS, ROOT, read_records, wait_until

@@ -10,52 +10,17 @@ the worker process is still alive.
 from __future__ import annotations
 
 import random
-import threading
 import time
 
 import pytest
-from kombu import Connection
 
-from pulse_celery.testing import _rabbitmqctl, publish
+from pulse_celery.testing import _rabbitmqctl
 
-from .conftest import TASK_COMPLETED
-from .harness import wait_until
+from .harness import RetryingPublisher, wait_until
 from .proxy import TcpProxy
 from .test_acks import done_ids, faults_worker, publish_ids
 
 PREFETCH = 200  # pulse_prefetch_count default: the most a single fault can put back in flight
-
-
-class RetryingPublisher(threading.Thread):
-    """Publish ids 0..n-1 in order; each one is retried until the broker confirms it."""
-
-    def __init__(self, pulse, n: int, pace: float = 0.0) -> None:
-        super().__init__(daemon=True)
-        self.pulse, self.n, self.pace = pulse, n, pace
-        self.sent = 0
-        self.retries = 0
-
-    def run(self) -> None:
-        conn: Connection | None = None
-        i = 0
-        while i < self.n:
-            try:
-                if conn is None:
-                    conn = self.pulse.admin_connection()
-                    conn.ensure_connection(max_retries=1)
-                publish(conn, TASK_COMPLETED, f"primary.task{i}.0", {"id": i})
-                i += 1
-                self.sent = i
-                if self.pace:
-                    time.sleep(self.pace)
-            except Exception:
-                self.retries += 1
-                if conn is not None:
-                    conn.collect()
-                conn = None
-                time.sleep(0.5)
-        if conn is not None:
-            conn.release()
 
 
 def assert_nothing_lost(tmp_path, pulse, worker, n: int, faults: int) -> None:

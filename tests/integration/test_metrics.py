@@ -12,8 +12,8 @@ import pytest
 from celery import Celery
 
 from pulse_celery import control
-from pulse_celery.metrics import EVENT_TYPE
 from pulse_celery.testing import _rabbitmqctl
+from pulse_celery.worker.metrics import EVENT_TYPE
 
 from .harness import wait_until
 from .test_control import ONE, client, control_worker, done, publish_to

@@ -14,8 +14,8 @@ import json
 
 import pytest
 
-from pulse_celery.deadletters import list_dead_letters
 from pulse_celery.testing import publish, taskcluster_message
+from pulse_celery.worker.deadletters import list_dead_letters
 
 from .conftest import TASK_COMPLETED
 from .harness import ROOT, Worker, read_records, wait_until

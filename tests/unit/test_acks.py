@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pulse_celery.acks import Acker
+from pulse_celery.pulse.acks import Acker
 
 
 class Recorder:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import taskcluster
 from kombu import Exchange
+from kombu.utils.imports import symbol_by_name
 
 import pulse_celery
 from pulse_celery import Binding, BindingError, app_bindings, pulse_binding
@@ -196,7 +197,9 @@ def test_app_without_bindings_has_none(app):
 def test_decorating_installs_the_worker_step_and_option_once(app):
     stacked(app)
     bind(app, FAILED, "primary.#", queue="other")
-    assert pulse_celery.PulseStep in app.steps["consumer"]
+    # Named, not imported, so that decorating never loads the worker; Celery resolves the name.
+    [step] = app.steps["consumer"]
+    assert symbol_by_name(step) is pulse_celery.PulseStep
     options = [o for o in app.user_options["worker"] if "--pulse" in o.opts]
     assert len(options) == 1
     assert options[0].secondary_opts == ["--no-pulse"]

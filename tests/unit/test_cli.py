@@ -7,12 +7,12 @@ import json
 import pytest
 
 from pulse_celery.bindings import Binding
+from pulse_celery.cli.inspection import Check, QueueState, format_table, queue_rows
+from pulse_celery.cli.sniffer import Outgoing, delivery_record, read_records
 from pulse_celery.config import load_config
 from pulse_celery.errors import PulseCeleryError
-from pulse_celery.inspection import Check, QueueState, format_table, queue_rows
-from pulse_celery.message import RawDelivery
-from pulse_celery.sniffer import Outgoing, delivery_record, read_records
-from pulse_celery.topology import plan_queues
+from pulse_celery.plan import plan_queues
+from pulse_celery.pulse.message import RawDelivery
 
 EXCHANGE = "exchange/taskcluster-queue/v1/task-completed"
 
@@ -143,7 +143,7 @@ def test_check_fails_a_complete_binding_whose_task_acks_early_and_says_the_fix()
 
     from pulse_celery import pulse_binding
     from pulse_celery.bindings import app_bindings
-    from pulse_celery.inspection import run_checks
+    from pulse_celery.cli.inspection import run_checks
 
     app = Celery("checked", broker="memory://", set_as_current=False)
     app.conf.pulse_url = "amqp://alice:secret@127.0.0.1:1/"  # nothing listens: the login check fails

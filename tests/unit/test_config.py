@@ -8,7 +8,7 @@ from urllib.parse import quote
 import pytest
 
 from pulse_celery import PRODUCTION_URL, ConfigError, load_config
-from pulse_celery.config import resolve_credentials
+from pulse_celery.pulse.config import resolve_credentials
 
 NASTY_PASSWORD = "s3cr/t:p@ss%w#rd"
 ENV = {"PULSE_USERNAME": "envuser", "PULSE_PASSWORD": "envpass"}
@@ -186,3 +186,67 @@ def test_guardian_protection_settings_are_read_and_checked():
         load_config({**conf, "pulse_queue_max_length": 0}, environ={})
     with pytest.raises(ConfigError, match="pulse_ssl_ca_certs"):
         load_config({**conf, "pulse_ssl_ca_certs": "/nonexistent/ca.pem"}, environ={})
+
+
+# -- one definition per setting, strings parsed as users mean them ---------------------------
+
+
+def test_settings_given_as_strings_parse_as_users_expect():
+    conf = {
+        "pulse_prefetch_count": "20",
+        "pulse_allow_insecure": "false",
+        "pulse_heartbeat": "60",
+        "pulse_queue_max_length": "",
+        "pulse_ack_policy": "complete",
+    }
+    config = load_config(conf, environ={})
+    assert (config.prefetch_count, config.allow_insecure, config.heartbeat) == (20, False, 60.0)
+    assert config.queue_max_length is None
+    assert config.ack_policy == "complete"
+
+
+def test_every_setting_can_come_from_the_environment_and_the_app_wins_over_it():
+    env = {"PULSE_PREFETCH_COUNT": "50", "PULSE_ALLOW_INSECURE": "yes", "PULSE_QUEUE_TYPE": "classic"}
+    config = load_config({"pulse_url": "amqp://pulse.example.org:5672"}, environ=env)
+    assert (config.prefetch_count, config.allow_insecure, config.queue_type) == (50, True, "classic")
+    assert load_config({"pulse_prefetch_count": 7}, environ=env).prefetch_count == 7
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("pulse_prefetch_count", "twenty"),
+        ("pulse_allow_insecure", "maybe"),
+        ("pulse_heartbeat", "soon"),
+        ("pulse_prefetch_count", 2.5),
+        ("pulse_max_deliveries", True),
+    ],
+)
+def test_a_value_that_does_not_parse_is_a_config_error_naming_the_setting(setting, value):
+    with pytest.raises(ConfigError, match=setting):
+        load_config({setting: value}, environ={})
+
+
+def test_each_setting_is_defined_once_with_its_type_default_and_doc():
+    from pulse_celery.config import AppConfig
+    from pulse_celery.pulse.settings import describe
+
+    infos = describe(AppConfig)
+    names = [info.name for info in infos]
+    assert len(names) == len(set(names))
+    assert {"heartbeat", "prefetch_count", "ack_policy", "metrics_port", "dead_letter_queue"} <= set(names)
+    assert all(info.doc for info in infos)
+    defaults = {info.name: info.default for info in infos}
+    assert load_config({}, environ={}).prefetch_count == defaults["prefetch_count"]
+
+
+def test_the_standalone_connection_takes_the_same_settings_as_keywords(monkeypatch):
+    from pulse_celery import PulseConnection
+
+    monkeypatch.delenv("PULSE_USERNAME", raising=False)
+    conn = PulseConnection(
+        "alice", "hunter2", "amqps://pulse.example.org:5671", heartbeat="30", prefetch_count=5
+    )
+    assert (conn.config.user, conn.config.heartbeat, conn.config.prefetch_count) == ("alice", 30.0, 5)
+    with pytest.raises(ConfigError, match="heartbeat"):
+        PulseConnection("alice", "x", "amqps://pulse.example.org:5671", heartbeat="often")

@@ -7,7 +7,7 @@ import json
 from kombu.serialization import loads
 
 from pulse_celery import PulseMessage
-from pulse_celery.taskmessage import build_task_message
+from pulse_celery.worker.taskmessage import build_task_message
 
 
 def test_build_task_message_makes_a_protocol_2_message(app, task_completed):
@@ -44,7 +44,7 @@ def test_each_task_message_gets_its_own_id(app, task_completed):
 
 
 def test_a_templated_task_message_is_the_one_celery_builds_with_the_body_spliced_in(app, task_completed):
-    from pulse_celery.taskmessage import TaskTemplate
+    from pulse_celery.worker.taskmessage import TaskTemplate
 
     payload = {"status": {"taskId": "B3EheQ-IQ5aPzw34KS_a6g", "runs": [{"runId": 0}]}, "note": '\u00e9 "q"'}
     raw_body = json.dumps(payload, indent=1, ensure_ascii=False).encode("utf-8")  # not Celery's own spacing
@@ -65,8 +65,7 @@ def test_a_templated_task_message_is_the_one_celery_builds_with_the_body_spliced
 def test_pre_encoded_properties_decode_to_what_py_amqp_would_send(app, task_completed):
     from amqp import Message as AmqpMessage
 
-    from pulse_celery.handoff import amqp_message
-    from pulse_celery.taskmessage import TaskTemplate
+    from pulse_celery.worker.taskmessage import TaskTemplate, amqp_message
 
     meta = PulseMessage(task_completed.exchange, task_completed.routing_key, task_completed.cc, False, "q")
     message = TaskTemplate(app, "tasks.on_completed", origin="worker@host").build(b"{}", meta)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from pulse_celery.handoff import Handoff
+from pulse_celery.worker.handoff import Handoff
 
 
 def handoff_with(seqs: range) -> tuple[Handoff, list[tuple[int, str]]]:

@@ -8,7 +8,7 @@ import pytest
 from celery.app.task import Context
 
 from pulse_celery import ContentRefused, PulseMessage, UndecodableBody, pulse_message
-from pulse_celery.message import cc_routes, check_content, decode_body
+from pulse_celery.pulse.message import cc_routes, check_content, decode_body
 
 LIMIT = 1024
 

@@ -18,11 +18,11 @@ from pulse_celery import (
     app_bindings,
     pulse_binding,
 )
-from pulse_celery.dispatch import Dispatcher
-from pulse_celery.message import RawDelivery
-from pulse_celery.payloads import check_payload, to_payload_type
+from pulse_celery.plan import plan_queues
+from pulse_celery.pulse.message import RawDelivery
+from pulse_celery.pulse.payloads import check_payload, to_payload_type
 from pulse_celery.testing import taskcluster_message
-from pulse_celery.topology import plan_queues
+from pulse_celery.worker.dispatch import Dispatcher
 
 pydantic = pytest.importorskip("pydantic")
 

@@ -6,7 +6,7 @@ import pytest
 import taskcluster
 
 from pulse_celery import BindingError
-from pulse_celery.routing_keys import topic_matches, validate_pattern
+from pulse_celery.pulse.routing_keys import topic_matches, validate_pattern
 
 TC_KEY = (
     "primary.B3EheQ-IQ5aPzw34KS_a6g.0.mdc2.t-mojave-r7-153.releng-hardware.gecko-t-osx-1014."

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from pulse_celery import ConfigError, load_config
-from pulse_celery.metrics import StatusCollector, require_prometheus
-from pulse_celery.stats import CONNECTION_STATES, ConnectionStats, QueueStats
+from pulse_celery.pulse.stats import CONNECTION_STATES, ConnectionStats, QueueStats
+from pulse_celery.worker.metrics import StatusCollector, require_prometheus
 
 BASE = {"pulse_url": "amqp://alice:pw@127.0.0.1:5672"}
 

@@ -12,9 +12,9 @@ import taskcluster
 from celery.app.task import Context
 
 from pulse_celery import PulseMessage, TaskclusterKey, pulse_message, routing_fields
-from pulse_celery.deadletters import make_dead_letter
-from pulse_celery.taskcluster import FALLBACK_REFERENCES, client_references, exchange_references
+from pulse_celery.pulse.taskcluster import FALLBACK_REFERENCES, client_references, exchange_references
 from pulse_celery.testing import taskcluster_message
+from pulse_celery.worker.deadletters import make_dead_letter
 
 QUEUE = "exchange/taskcluster-queue/v1/"
 TASK_EXCHANGES = [

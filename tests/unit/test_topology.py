@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pulse_celery import Binding, ConfigError, PulseConfig
-from pulse_celery.topology import kombu_exchange, kombu_queue, plan_queues, queue_name
+from pulse_celery.plan import plan_queues
+from pulse_celery.pulse.topology import kombu_exchange, kombu_queue, queue_name
 
 COMPLETED = "exchange/taskcluster-queue/v1/task-completed"
 FAILED = "exchange/taskcluster-queue/v1/task-failed"

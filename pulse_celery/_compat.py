@@ -1,0 +1,270 @@
+"""Every private internal of py-amqp, kombu and Celery that pulse_celery uses, checked before use.
+
+Nothing else in the package reaches into another library's private parts: it asks here.
+Each internal is checked once (per connection, hub or worker, where a test or an upgrade
+can take it away), and each has either a fallback that is slower but correct, announced by
+one WARNING, or a refusal to start that names the supported versions.
+
+Each entry: the internal; what it is for; what happens without it.
+
+py-amqp
+  * ``Transport._read_buffer``, ``Connection.on_inbound_frame``, ``Connection.drain_events``
+    (public, but replaced on the instance), ``Connection.frame_writer`` and
+    ``method_framing.frame_writer(connection, transport)``: the loop's fast path, frames cut
+    from one ``recv`` and written in one ``send`` per turn of the loop; without any of them,
+    py-amqp reads and writes frame by frame (one WARNING).
+  * ``Channel.events``: publisher confirms collected as they arrive; without it, the
+    hand-off waits for each confirm.
+  * ``Message._serialize_properties`` and the layout of ``amqp.serialization.dumps``: task
+    message properties encoded once per task; without them (or if a sample differs from
+    py-amqp's own bytes), py-amqp encodes them per publish.
+
+kombu
+  * ``Hub.on_tick``: Pulse acks sent once per turn of the loop; without it, each at once.
+  * ``Message._state``: a task message's settled state; without it, not recorded.
+
+Celery
+  * ``Consumer.strategies[name](message, None, ack, reject, callbacks)``,
+    ``Consumer.call_soon_ack``, ``Consumer.on_task_message``, ``Consumer.blueprint.state``
+    and ``bootsteps.CLOSE``: the ``complete`` policy and warm shutdown; without them, the
+    worker refuses to start and names the supported versions (:data:`SUPPORTED_CELERY`).
+  * ``Consumer.max_prefetch_count``: Celery's prefetch for ``complete`` queues; without it,
+    ``pulse_prefetch_count``.
+  * ``PromiseProxy._Proxy__local``: the app of a task not evaluated yet; without it, the
+    task is evaluated at decoration (its app is finalized early).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: Celery versions whose worker internals the ``complete`` policy and the step were checked on.
+SUPPORTED_CELERY = "Celery 5.7"
+
+_warned: set[str] = set()
+
+
+def warn_once(key: str, message: str, *args: Any) -> None:
+    """Log one WARNING per process for a missing internal and its fallback."""
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning(message, *args)
+
+
+# -- py-amqp: the loop connection's fast path (pulse/wire.py) --------------------------------
+
+
+def fast_path_missing(amqp_connection: Any) -> list[str]:
+    """Name the internals the loop's read-ahead and write batching need that are missing."""
+    missing = []
+    if not hasattr(amqp_connection.transport, "_read_buffer"):
+        missing.append("amqp Transport._read_buffer")
+    if not callable(getattr(amqp_connection, "on_inbound_frame", None)):
+        missing.append("amqp Connection.on_inbound_frame")
+    if not hasattr(amqp_connection, "frame_writer"):
+        missing.append("amqp Connection.frame_writer")
+    try:
+        from amqp.method_framing import frame_writer  # noqa: F401
+    except ImportError:
+        missing.append("amqp.method_framing.frame_writer")
+    return missing
+
+
+def read_buffer(transport: Any) -> bytes:
+    buffer: bytes = transport._read_buffer
+    return buffer
+
+
+def set_read_buffer(transport: Any, data: bytes) -> None:
+    transport._read_buffer = data
+
+
+def frame_dispatcher(amqp_connection: Any) -> Callable[[tuple[int, int, Any]], Any]:
+    """The function py-amqp hands each inbound frame to."""
+    dispatch: Callable[[tuple[int, int, Any]], Any] = amqp_connection.on_inbound_frame
+    return dispatch
+
+
+def set_frame_dispatcher(amqp_connection: Any, dispatch: Callable[[tuple[int, int, Any]], Any]) -> None:
+    amqp_connection.on_inbound_frame = dispatch
+
+
+def install_frame_writer(amqp_connection: Any, write: Callable[[Any], None]) -> None:
+    """Make py-amqp write every frame of ``amqp_connection`` through ``write``."""
+    from amqp.method_framing import frame_writer
+
+    class _Transport:  # frame_writer only reads ``transport.write``
+        pass
+
+    transport = _Transport()
+    transport.write = write  # type: ignore[attr-defined]
+    amqp_connection.frame_writer = frame_writer(amqp_connection, transport)
+
+
+def replace_drain_events(amqp_connection: Any, drain: Callable[..., Any]) -> Callable[..., Any]:
+    """Make py-amqp's synchronous waits call ``drain``; return py-amqp's own drain_events."""
+    original: Callable[..., Any] = amqp_connection.drain_events
+    amqp_connection.drain_events = drain
+    return original
+
+
+# -- py-amqp: the hand-off (worker/handoff.py, worker/taskmessage.py) ------------------------
+
+
+def confirm_events(channel: Any) -> Any:
+    """The channel's event callbacks for basic.ack/nack/return, or None if py-amqp has none."""
+    events = getattr(channel, "events", None)
+    if events is None or not hasattr(events, "__getitem__"):
+        warn_once(
+            "channel.events",
+            "py-amqp's Channel.events is missing: the hand-off waits for each publisher confirm "
+            "(correct, but about ten times slower); pulse_celery was checked with amqp 5.4",
+        )
+        return None
+    return events
+
+
+def table_entries(table: dict[str, Any]) -> bytes:
+    """The entries of an AMQP field table as py-amqp encodes them, without the length prefix."""
+    from amqp.serialization import dumps
+
+    encoded: bytes = dumps(b"F", [table])[4:]
+    return encoded
+
+
+def serialized_properties(message: Any) -> bytes:
+    """The content-header properties py-amqp would send for ``message``."""
+    encoded: bytes = message._serialize_properties()
+    return encoded
+
+
+def encoded_message_class() -> type | None:
+    """A py-amqp Message class whose properties are given already encoded, or None."""
+    from amqp import Message
+
+    if not callable(getattr(Message, "_serialize_properties", None)):
+        warn_once(
+            "Message._serialize_properties",
+            "py-amqp's Message._serialize_properties is missing: task-message properties are "
+            "encoded by py-amqp for every publish (slower, same bytes)",
+        )
+        return None
+
+    class EncodedMessage(Message):  # type: ignore[misc]
+        """An AMQP message whose content-header properties are already encoded."""
+
+        def __init__(self, body: bytes, encoded_properties: bytes) -> None:
+            super().__init__(body)
+            self._encoded_properties = encoded_properties
+
+        def _serialize_properties(self) -> bytes:
+            return self._encoded_properties
+
+    return EncodedMessage
+
+
+# -- kombu -------------------------------------------------------------------------------------
+
+
+def tick_callbacks(hub: Any) -> set[Callable[[], Any]] | None:
+    """The hub's callbacks run once per turn of the loop, before it polls; None if it has none."""
+    callbacks = getattr(hub, "on_tick", None)
+    if not isinstance(callbacks, set):
+        warn_once(
+            "Hub.on_tick",
+            "kombu's Hub.on_tick is missing: Pulse acks are sent one by one as they come "
+            "(correct, more frames); pulse_celery was checked with kombu 5.7",
+        )
+        return None
+    return callbacks
+
+
+def set_message_state(message: Any, state: str) -> None:
+    """Record on a kombu Message that it was acked or rejected (its ``acknowledged`` flag)."""
+    try:
+        message._state = state
+    except AttributeError:
+        warn_once("Message._state", "kombu's Message._state is missing: settled states are not recorded")
+
+
+# -- Celery ------------------------------------------------------------------------------------
+
+
+def check_worker_consumer(c: Any) -> None:
+    """Refuse to start, naming the supported versions, if Celery's consumer lacks what the step uses."""
+    from celery import __version__, bootsteps
+
+    from .errors import ConfigError
+
+    missing = [
+        what
+        for what, ok in (
+            ("Consumer.strategies", isinstance(getattr(c, "strategies", None), dict)),
+            ("Consumer.call_soon_ack", callable(getattr(c, "call_soon_ack", None))),
+            ("Consumer.on_task_message", hasattr(c, "on_task_message")),
+            ("Consumer.blueprint.state", hasattr(getattr(c, "blueprint", None), "state")),
+            ("celery.bootsteps.CLOSE", hasattr(bootsteps, "CLOSE")),
+        )
+        if not ok
+    ]
+    if missing:
+        raise ConfigError(
+            f"this Celery ({__version__}) lacks {', '.join(missing)}, which pulse_celery's worker "
+            f"step needs; pulse_celery supports {SUPPORTED_CELERY}: install a supported Celery, "
+            "or run this worker with --no-pulse"
+        )
+
+
+def run_strategy(c: Any, task_name: str, message: Any) -> None:
+    """Hand ``message`` to Celery's own strategy for ``task_name``, acked through the worker's loop.
+
+    Raises KeyError when the task is not registered in this worker.
+    """
+    from vine import promise
+
+    strategy = c.strategies[task_name]
+    strategy(
+        message,
+        None,
+        promise(c.call_soon_ack, (message.ack_log_error,)),
+        promise(c.call_soon_ack, (message.reject_log_error,)),
+        c.on_task_message,
+    )
+
+
+def is_warm_shutdown(c: Any) -> bool:
+    """True when Celery stops its consumer for good (warm shutdown), False for a restart."""
+    from celery import bootsteps
+
+    return bool(c.blueprint.state == bootsteps.CLOSE)
+
+
+def max_prefetch(c: Any) -> int | None:
+    """Celery's full prefetch (concurrency x multiplier), not the one it lowers after a reconnect."""
+    value = getattr(c, "max_prefetch_count", None)
+    return int(value) if value else None
+
+
+def is_unevaluated_task(target: Any) -> bool:
+    """True for the proxy ``@app.task`` returns before the app is finalized."""
+    from celery.local import PromiseProxy
+
+    return isinstance(target, PromiseProxy) and not target.__evaluated__()
+
+
+def app_of_task_proxy(target: Any) -> Any:
+    """The app of a task proxy, without evaluating it (which would finalize the app early)."""
+    try:
+        factory = object.__getattribute__(target, "_Proxy__local")
+        return factory.__self__
+    except AttributeError:
+        warn_once(
+            "PromiseProxy._Proxy__local",
+            "celery's PromiseProxy._Proxy__local is missing: @pulse_binding evaluates the task "
+            "at decoration, which finalizes its app early",
+        )
+        return target._get_current_object().app

@@ -1,0 +1,227 @@
+"""Where Pulse is and how to consume it: one frozen, validated :class:`PulseConfig`.
+
+Credentials are resolved as the Go client's ``pulse.NewConnection`` does: the explicit
+setting, then the credentials in the URL, then ``PULSE_USERNAME``/``PULSE_PASSWORD``, then
+``guest``. An empty URL means production Pulse over TLS with host-name verification. Every
+other setting is a field below, defined once (name, type, default, doc); it is read from the
+explicit source first, then from the environment as ``PULSE_<NAME>`` (see settings.py).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import quote, unquote, urlsplit
+
+from ..errors import ConfigError
+from .settings import at_least, environment, read_settings, setting
+
+#: Production Pulse (firefox-ci); used when no URL is configured.
+PRODUCTION_URL = "amqps://pulse.mozilla.org:5671"
+
+QUEUE_TYPES = ("quorum", "classic")
+
+#: Environment variables that do not follow the ``PULSE_<NAME>`` rule (the Go client's names).
+ENVIRONMENT_NAMES = {"PULSE_USERNAME": "user", "PULSE_PASSWORD": "password"}
+
+# Pulse Guardian's rule for user names.
+_USER_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def _readable_file(path: str) -> str | None:
+    if os.access(path, os.R_OK):
+        return None
+    return "is not a readable file; give the path of a PEM CA bundle, or unset it to use the system's CAs"
+
+
+@dataclass(frozen=True)
+class PulseConfig:
+    """Everything needed to reach Pulse and consume from it; the password never shows in its repr."""
+
+    #: Scheme, host and port only: no credentials, no vhost.
+    url: str = field(metadata={"doc": "Pulse URL (credentials and vhost are taken out of it)"})
+    user: str = field(metadata={"doc": "Pulse user name"})
+    password: str = field(repr=False, metadata={"doc": "Pulse password"})
+    vhost: str = setting("/", "Virtual host (firefox-ci: '/', community Taskcluster: 'communitytc')")
+    heartbeat: float = setting(
+        120.0,
+        "Seconds between AMQP heartbeats (the Taskcluster client uses 120)",
+        check=at_least(0, "seconds"),
+    )
+    connect_timeout: float = setting(
+        30.0, "Seconds one connect attempt may take", check=at_least(1, "second")
+    )
+    prefetch_count: int = setting(
+        200,
+        "Deliveries a queue may hold unacknowledged (the enqueue hand-off's window; the standalone "
+        "consume() default)",
+        check=at_least(1, "(0 would mean unlimited)"),
+    )
+    queue_type: Literal["quorum", "classic"] = setting(
+        "quorum", "Type of named queues: quorum (what the Taskcluster libraries declare) or classic"
+    )
+    max_body_size: int = setting(
+        1024 * 1024,
+        "Bodies larger than this many bytes are refused before decoding",
+        check=at_least(1, "byte"),
+    )
+    ssl_ca_certs: str | None = setting(
+        None, "PEM CA bundle for TLS (default: the system's CAs)", check=_readable_file
+    )
+    allow_insecure: bool = setting(False, "Allow plain amqp:// to a host that is not loopback")
+    queue_max_length: int | None = setting(
+        None,
+        "x-max-length of named queues: the broker drops the oldest messages past it, which keeps "
+        "Pulse Guardian from deleting the queue (None: no limit)",
+        check=at_least(1, "message, or None"),
+    )
+    queue_warn_depth: int = setting(
+        1000,
+        "Warn when a queue holds this many messages (Guardian warns its owner at 2,000 and deletes "
+        "the queue at 8,000 by default)",
+        check=at_least(1, "message"),
+    )
+    depth_check_interval: float = setting(
+        30.0, "Seconds between two depth checks of each queue", check=at_least(1, "second")
+    )
+    max_deliveries: int = setting(
+        5,
+        "A message delivered this many times without an ack is not run again: it goes to the "
+        "failure hook or dead-letter store",
+        check=at_least(1, "delivery"),
+    )
+
+    @property
+    def use_ssl(self) -> bool:
+        return self.url.startswith("amqps://")
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def is_memory(self) -> bool:
+        """True for kombu's in-memory transport (the demo and unit tests)."""
+        return self.url.startswith("memory://")
+
+    def safe_url(self) -> str:
+        """The URL with the user but never the password, fit for logs."""
+        scheme, rest = self.url.split("://", 1)
+        vhost = "" if self.vhost == "/" else quote(self.vhost, safe="")
+        return f"{scheme}://{quote(self.user, safe='')}@{rest}/{vhost}"
+
+    def connection_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :class:`kombu.Connection`."""
+        parts = urlsplit(self.url)
+        if self.is_memory:
+            return {"hostname": "memory://", "virtual_host": self.vhost}
+        kwargs: dict[str, Any] = {
+            "hostname": parts.hostname,
+            "port": parts.port or (5671 if self.use_ssl else 5672),
+            "userid": self.user,
+            "password": self.password,
+            "virtual_host": self.vhost,
+            "transport": "pyamqp",
+            "heartbeat": self.heartbeat,
+            "connect_timeout": self.connect_timeout,
+        }
+        if self.use_ssl:
+            # py-amqp checks the host name only when server_hostname is given.
+            sslopts: dict[str, Any] = {"server_hostname": parts.hostname, "cert_reqs": ssl.CERT_REQUIRED}
+            if self.ssl_ca_certs:
+                sslopts["ca_certs"] = self.ssl_ca_certs
+            kwargs["ssl"] = sslopts
+        return kwargs
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_credentials(
+    url: str | None,
+    user: str | None,
+    password: str | None,
+    environ: Mapping[str, str],
+) -> tuple[str, str, str, str]:
+    """Return ``(url_without_credentials, vhost, user, password)`` by the Go client's rules."""
+    url = url or PRODUCTION_URL
+    try:
+        parts = urlsplit(url)
+        url_user, url_password = parts.username, parts.password
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"pulse_url is not a valid URL ({exc}); expected e.g. {PRODUCTION_URL}") from None
+    if parts.scheme not in ("amqp", "amqps", "memory"):
+        raise ConfigError(
+            f"pulse_url scheme {parts.scheme!r} is not supported; use amqps://host:5671 "
+            "(or amqp:// for a local broker, memory:// for the demo)"
+        )
+    user = user or (unquote(url_user) if url_user else None) or environ.get("PULSE_USERNAME") or "guest"
+    password = (
+        password
+        or (unquote(url_password) if url_password else None)
+        or environ.get("PULSE_PASSWORD")
+        or "guest"
+    )
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    vhost = unquote(path) if path else "/"
+    if parts.scheme == "memory":
+        return "memory://", vhost, user, password
+    netloc = parts.hostname or ""
+    if ":" in netloc:  # IPv6 literal
+        netloc = f"[{netloc}]"
+    if port:
+        netloc = f"{netloc}:{port}"
+    return f"{parts.scheme}://{netloc}", vhost, user, password
+
+
+def check_user(user: str) -> None:
+    if user[0] not in _USER_CHARS - set("0123456789._-") or not set(user) <= _USER_CHARS:
+        raise ConfigError(
+            f"Pulse user {user!r} is not a valid Pulse user name (letters, digits, '.', '_', '-', "
+            "starting with a letter); set pulse_user or PULSE_USERNAME"
+        )
+
+
+def build_config(
+    cls: type[PulseConfig],
+    given: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    *,
+    option_prefix: str = "pulse_",
+) -> Any:
+    """Build ``cls`` (PulseConfig or a subclass) from explicit values, then the environment.
+
+    ``given`` maps setting names (``heartbeat``, ``url``, ``user``...) to what the user set;
+    None means unset. Raises :class:`ConfigError` with the fix when a setting cannot work.
+    """
+    environ = os.environ if environ is None else environ
+    env = environment(environ, ENVIRONMENT_NAMES)
+    url, vhost, user, password = resolve_credentials(
+        given.get("url") or env.get("url"), given.get("user"), given.get("password"), environ
+    )
+    check_user(user)
+    values = read_settings(
+        cls,
+        [given, env],
+        option=lambda name: option_prefix + name,
+        skip=frozenset({"url", "user", "password"}),
+    )
+    values.setdefault("vhost", vhost)
+    config = cls(url=url, user=user, password=password, **values)
+    if url.startswith("amqp://") and not _is_loopback(config.host) and not config.allow_insecure:
+        raise ConfigError(
+            f"{option_prefix}url {url!r} sends the Pulse password in clear text to a remote host; "
+            f"use amqps://... on port 5671, or set {option_prefix}allow_insecure = True if you mean it"
+        )
+    return config

@@ -1,0 +1,33 @@
+"""Say what a connection or declaration error means for a Pulse user, with the fix; never the password."""
+
+from __future__ import annotations
+
+from .config import PulseConfig
+
+
+def describe_error(exc: BaseException, config: PulseConfig) -> str:
+    """Say what a connection or declaration error means for a Pulse user, with the fix."""
+    text = str(exc) or repr(exc)
+    code = getattr(exc, "reply_code", None) or getattr(exc, "code", None)
+    if config.password and config.password in text:
+        text = text.replace(config.password, "****")
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        return (
+            f"{text} -- the server's certificate is not trusted for {config.host!r}: check the host "
+            "name in pulse_url, and pulse_ssl_ca_certs if the server uses a private CA"
+        )
+    if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
+        return f"{text} -- amqps:// reached a port without TLS; Pulse's TLS port is 5671"
+    if code == 403 or "ACCESS_REFUSED" in text:
+        return (
+            f"{text} -- check pulse_user/pulse_password, and that queues are named "
+            f"queue/{config.user}/... and foreign exchanges exist"
+        )
+    if code == 404 or "NOT_FOUND" in text:
+        return f"{text} -- an exchange named in a binding does not exist on this Pulse vhost"
+    if code == 406 or "PRECONDITION_FAILED" in text:
+        return (
+            f"{text} -- the queue exists with other arguments (queue type or x-max-length); set "
+            "pulse_queue_type / pulse_queue_max_length to match it, or delete the queue"
+        )
+    return text

@@ -1,0 +1,289 @@
+"""The Pulse engine: one connection kept up, and the queues consumed on it, on any kombu Hub.
+
+Both hosts run this: :class:`~pulse_celery.pulse.connection.PulseConnection` on a loop of
+its own, and the Celery worker step on the worker's hub. The engine connects in a thread
+(which also declares the queues known then, so the loop never waits on those round trips),
+attaches the connection to the loop, and hands each queue its channel
+(:class:`~pulse_celery.pulse.consumer.QueueConsumer`). It logs what each connection event
+means for the messages, keeps the connection's figures, and answers ``state()``.
+
+``isolate`` chooses what a queue's own failure (a declare refused, its channel closed by
+the broker) does: with True the queue retries alone with its own backoff and the others
+consume on; with False the connection is treated as lost (at connect: the attempt fails),
+so every queue waits for the same reconnect.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from kombu import Connection
+from kombu.asynchronous import Hub
+
+from .. import _compat
+from .config import PulseConfig
+from .consumer import QueueConsumer
+from .delivery import Delivery
+from .depth import DepthMonitor
+from .diagnose import describe_error
+from .link import Link, Opener, Up
+from .loop import Timers, guarded
+from .session import Session, predeclare
+from .stats import ConnectionStats
+from .topology import QueueSpec
+
+logger = logging.getLogger(__name__)
+
+
+def open_connection(config: PulseConfig) -> Connection:
+    """Connect to Pulse once (the link's backoff decides when to try again)."""
+    connection = Connection(**config.connection_kwargs())
+    try:
+        connection.ensure_connection(max_retries=0)
+    except Exception:
+        connection.collect()
+        raise
+    return connection
+
+
+class Engine:
+    """One Pulse connection and its queues; every method runs on the loop's thread."""
+
+    def __init__(
+        self,
+        config: PulseConfig,
+        hub: Hub | None,
+        *,
+        isolate: bool = True,
+        connect: Callable[[], Connection] | None = None,
+        on_changed: Callable[[], None] | None = None,
+        on_connected: Callable[[Up], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.hub = hub
+        self.isolate = isolate
+        #: kombu's in-memory transport shares the Celery app's connection: never close it
+        self._shared = connect is not None and config.is_memory
+        self._connect = connect or (lambda: open_connection(config))
+        self._on_changed = on_changed
+        self._on_connected = on_connected
+        self.link = Link(hub, "Pulse", self._prepare, self._on_up, self._on_down)
+        self.timers = Timers(hub)
+        self.consumers: dict[str, QueueConsumer] = {}
+        self.stats = ConnectionStats()
+        #: the state shown while held (no consumer active), or None
+        self.held: str | None = None
+        self.draining = False
+        #: the live connection's channels, while it is up
+        self.session: Session | None = None
+        self.depth = DepthMonitor(self.timers, config, lambda: list(self.consumers.values()), lambda: self.up)
+        self._ticks = _compat.tick_callbacks(hub) if hub is not None else None
+
+    # -- queues ------------------------------------------------------------------------------
+
+    def add(
+        self,
+        key: str,
+        spec: QueueSpec,
+        on_message: Callable[[Delivery], None],
+        prefetch: int,
+        *,
+        label: str,
+        auto_ack: bool = False,
+    ) -> QueueConsumer:
+        """Consume ``spec``'s queue from now on (declared at once if the connection is up)."""
+        consumer = QueueConsumer(self, key, spec, on_message, prefetch, label=label, auto_ack=auto_ack)
+        old = self.consumers.get(key)
+        if old is not None:
+            old.close()
+        self.consumers[key] = consumer
+        if self.up:
+            consumer.renew()
+            consumer.activate()
+        self.changed()
+        return consumer
+
+    @property
+    def up(self) -> bool:
+        return self.session is not None and self.session.alive and not self.draining
+
+    def in_flight(self) -> int:
+        return sum(c.in_flight for c in self.consumers.values())
+
+    # -- connecting ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.draining = False
+        if self._ticks is not None:
+            self._ticks.add(self.flush_acks)
+        self.link.start()
+        self.changed()
+
+    def _prepare(self) -> Opener:
+        """On the loop: fix what the connect thread declares, then hand it the work."""
+        wanted = []
+        for consumer in self.consumers.values():
+            if consumer.wants_declared():
+                consumer.renew()
+                wanted.append((consumer.key, consumer.spec))
+        if not self.config.is_memory:
+            logger.info("Connecting to Pulse at %s", self.config.safe_url())
+
+        def open() -> tuple[Connection, dict[str, Any]]:
+            connection = self._connect()
+            try:
+                return connection, predeclare(connection, self.config, wanted, self.isolate)
+            except Exception:
+                if not self._shared:
+                    connection.collect()
+                raise
+
+        return open
+
+    def _on_up(self, up: Up) -> None:
+        self.session = Session(up, batched_acks=self._ticks is not None)
+        self.stats.connects += 1
+        if up.wire is not None and self.isolate:
+            up.wire.on_channel_error = self._on_channel_error
+        again = "" if up.down_for is None else f" again, {up.down_for:.1f} s after it was lost"
+        declared: dict[str, Any] = up.extra
+        for key, consumer in list(self.consumers.items()):
+            guarded(consumer.connected, f"starting Pulse queue {consumer.name}")(declared.get(key))
+        logger.info(
+            "Connected to Pulse at %s%s; queues: %s",
+            self.config.safe_url(),
+            again,
+            ", ".join(c.describe() for c in self.consumers.values() if c.wants != "closed") or "none",
+        )
+        self.depth.start()
+        if self._on_connected is not None:
+            guarded(self._on_connected, "the on-connect hook")(up)
+        self.changed()
+
+    def _on_down(self, exc: BaseException, delay: float, was_up: bool) -> None:
+        why = describe_error(exc, self.config)
+        self.stats.error(why)
+        if was_up:
+            self.stats.losses += 1
+            in_flight = self.in_flight()
+            self._disconnect()
+            logger.warning(
+                "Pulse connection lost (%s); %d unacknowledged messages will be redelivered by the "
+                "broker; reconnecting in %.1f s",
+                why,
+                in_flight,
+                delay,
+            )
+        else:
+            logger.error(
+                "Cannot connect to Pulse at %s: %s; nothing is consumed until it works; retrying in %.1f s",
+                self.config.safe_url(),
+                why,
+                delay,
+            )
+        self.changed()
+
+    def _disconnect(self) -> None:
+        self.depth.stop()
+        if self.session is not None:
+            self.session.end()
+            self.session = None
+        for consumer in self.consumers.values():
+            consumer.disconnected()
+
+    def _on_channel_error(self, channel_id: int, exc: BaseException) -> None:
+        for consumer in self.consumers.values():
+            if consumer.lane is not None and consumer.lane.channel_id == channel_id:
+                consumer.recovery.channel_closed(exc)
+                return
+        logger.warning(
+            "Pulse channel %s closed by the broker (%s)", channel_id, describe_error(exc, self.config)
+        )
+
+    # -- what consumers use --------------------------------------------------------------------
+
+    def soon(self, fun: Callable[[], Any]) -> None:
+        if self.hub is not None:
+            self.hub.call_soon(guarded(fun, "a Pulse queue"))
+        else:
+            fun()
+
+    def flush_acks(self) -> None:
+        """Send the acks of this turn of the loop (one of the hub's on_tick callbacks)."""
+        for consumer in self.consumers.values():
+            lane = consumer.lane
+            if lane is not None:
+                lane.acker.flush()
+
+    # -- holding, draining, closing ------------------------------------------------------------
+
+    def hold(self, state: str) -> None:
+        """Stop every queue's deliveries (in-flight ones still settle) and show ``state`` meanwhile."""
+        self.held = state
+        for consumer in self.consumers.values():
+            consumer.deactivate()
+        self.changed()
+
+    def release(self) -> None:
+        self.held = None
+        for consumer in list(self.consumers.values()):
+            guarded(consumer.activate, f"resuming Pulse queue {consumer.name}")()
+        self.changed()
+
+    def drain(self) -> None:
+        """Take no new deliveries, send acks at once, stop reading; the connection stays open.
+
+        For a warm shutdown: the acks of deliveries still being handled keep going out.
+        """
+        self.draining = True
+        self.depth.stop()
+        for consumer in self.consumers.values():
+            consumer.deactivate()
+            if consumer.lane is not None:
+                consumer.lane.acker.batched = False
+                consumer.lane.acker.flush()
+        up = self.link.up
+        if up is not None and up.wire is not None:
+            up.wire.stop_reading()
+        self.changed()
+
+    def close(self, why: str) -> int:
+        """Close the connection; return how many unsettled deliveries go back to their queues."""
+        in_flight = self.in_flight()
+        up = self.link.stop()
+        self.depth.stop()
+        if self._ticks is not None:
+            self._ticks.discard(self.flush_acks)
+        for consumer in self.consumers.values():
+            if consumer.lane is not None:
+                consumer.lane.acker.flush()  # acks already decided on must not be redelivered
+        self._disconnect()
+        if up is not None:
+            if up.wire is not None:
+                up.wire.close()
+            elif not self._shared:
+                up.connection.release()
+        self.changed()
+        return in_flight
+
+    # -- state -------------------------------------------------------------------------------
+
+    def state(self) -> str:
+        """The connection's state, one of :data:`pulse_celery.pulse.stats.CONNECTION_STATES`."""
+        if self.draining:
+            return "draining"
+        link = self.link.state
+        if link in ("stopped", "idle"):
+            return "stopped"
+        if link != "up":
+            return link  # connecting, lost
+        if self.held:
+            return self.held
+        return "consuming" if any(c.consuming for c in self.consumers.values()) else "connected"
+
+    def changed(self, queues: bool = False) -> None:
+        """Record the state; tell the owner when it (or, with ``queues``, a queue's) changed."""
+        if (self.stats.enter(self.state()) or queues) and self._on_changed is not None:
+            self._on_changed()

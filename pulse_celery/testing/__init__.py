@@ -1,0 +1,46 @@
+"""What you need to test a Pulse consumer, with a broker or without one.
+
+Without a broker:
+
+* :class:`FakePulseConnection`: :class:`~pulse_celery.PulseConnection`'s API in process;
+  ``publish()`` delivers to your callbacks through the real callback runner.
+* :func:`deliver` and :func:`apply_task`: run a bound Celery task in process with its Pulse
+  metadata, so ``pulse_message()`` and typed payloads work in a unit test.
+* :func:`taskcluster_message`: a real-shaped Taskcluster task event.
+
+With a local RabbitMQ (``rabbitmqctl`` on this machine):
+
+* :class:`PulseLikeBroker`: a vhost and a user with exactly Pulse Guardian's permissions;
+* :class:`CeleryVhost`: a fresh vhost for a Celery broker;
+* :func:`publish`: send a Pulse-shaped message (JSON, CC routes);
+* :class:`Worker`: a real ``celery worker`` process, with its log.
+"""
+
+from __future__ import annotations
+
+from ..pulse.publish import publish
+from .broker import CeleryVhost, PulseLikeBroker, queue_counts, rabbitmqctl
+from .fake import FakePulseConnection, FakeQueue
+from .messages import slug, taskcluster_message, taskcluster_routing_key
+from .processes import Worker, wait_until
+from .tasks import apply_task, deliver
+
+#: The name the tests have always used.
+_rabbitmqctl = rabbitmqctl
+
+__all__ = [
+    "CeleryVhost",
+    "FakePulseConnection",
+    "FakeQueue",
+    "PulseLikeBroker",
+    "Worker",
+    "apply_task",
+    "deliver",
+    "publish",
+    "queue_counts",
+    "rabbitmqctl",
+    "slug",
+    "taskcluster_message",
+    "taskcluster_routing_key",
+    "wait_until",
+]

@@ -1,0 +1,115 @@
+"""A local RabbitMQ set up as Pulse: vhosts, a user with Pulse Guardian's permissions, queue depths.
+
+* :class:`PulseLikeBroker` creates, with ``rabbitmqctl``, a vhost and a user restricted
+  exactly as Pulse Guardian restricts one, plus the publishers' exchanges;
+* :class:`CeleryVhost` is a fresh vhost to serve as a Celery broker;
+* :func:`queue_counts` reads a queue's ready and unacknowledged messages.
+
+They need ``rabbitmqctl`` on this machine and the right to run it (root, or the node's cookie).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+from kombu import Connection, Exchange
+
+
+def rabbitmqctl(*args: str) -> str:
+    """Run ``rabbitmqctl -q ARGS`` on the local node; RuntimeError with its message if it fails."""
+    result = subprocess.run(
+        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip() or result.stdout}")
+    return result.stdout
+
+
+def queue_counts(vhost: str, name: str) -> tuple[int, int] | None:
+    """Return ``(ready, unacknowledged)`` for queue ``name`` in ``vhost``, or None if it does not exist."""
+    out = rabbitmqctl("list_queues", "-p", vhost, "name", "messages_ready", "messages_unacknowledged")
+    for line in out.splitlines():
+        parts = line.split("\t")
+        if parts and parts[0] == name:
+            return int(parts[1]), int(parts[2])
+    return None
+
+
+@dataclass
+class PulseLikeBroker:
+    """A vhost on a local RabbitMQ with a user that has exactly Pulse Guardian's permissions.
+
+    ``admin_url`` (guest by default) declares the publishers' exchanges and publishes;
+    ``user``/``password`` is what the app under test connects as.
+    """
+
+    vhost: str = field(default_factory=lambda: f"pulse-test-{uuid.uuid4().hex[:8]}")
+    user: str = field(default_factory=lambda: f"alice{uuid.uuid4().hex[:6]}")
+    #: Deliberately full of characters that must be URL-encoded.
+    password: str = "p/ss:w@rd%?#"
+    host: str = "127.0.0.1"
+    port: int = 5672
+    admin_user: str = "guest"
+    admin_password: str = "guest"
+
+    def setup(self, exchanges: Iterable[str] = ()) -> PulseLikeBroker:
+        rabbitmqctl("add_vhost", self.vhost)
+        rabbitmqctl("add_user", self.user, self.password)
+        own = f"^(queue/{self.user}/.*|exchange/{self.user}/.*)"
+        read = f"^(queue/{self.user}/.*|exchange/.*)"
+        rabbitmqctl("set_permissions", "-p", self.vhost, self.user, own, own, read)
+        rabbitmqctl("set_permissions", "-p", self.vhost, self.admin_user, ".*", ".*", ".*")
+        with self.admin_connection() as conn:
+            for name in exchanges:
+                Exchange(name, type="topic", durable=True).declare(channel=conn.default_channel)
+        return self
+
+    def teardown(self) -> None:
+        for args in (("delete_vhost", self.vhost), ("delete_user", self.user)):
+            try:
+                rabbitmqctl(*args)
+            except RuntimeError:
+                pass
+
+    @property
+    def url(self) -> str:
+        """The Pulse URL for the restricted user, credentials URL-encoded."""
+        return (
+            f"amqp://{quote(self.user, safe='')}:{quote(self.password, safe='')}@"
+            f"{self.host}:{self.port}/{quote(self.vhost, safe='')}"
+        )
+
+    def admin_connection(self) -> Connection:
+        """A connection with full rights on the vhost; publishes on it wait for the confirm."""
+        return Connection(
+            hostname=self.host,
+            port=self.port,
+            userid=self.admin_user,
+            password=self.admin_password,
+            virtual_host=self.vhost,
+            transport_options={"confirm_publish": True},
+        )
+
+    def queue_counts(self, name: str) -> tuple[int, int] | None:
+        """Return ``(ready, unacknowledged)`` for queue ``name``, or None if it does not exist."""
+        return queue_counts(self.vhost, name)
+
+
+class CeleryVhost:
+    """A fresh vhost on the local RabbitMQ to serve as the Celery broker of one test."""
+
+    def __init__(self) -> None:
+        self.name = f"celery-test-{uuid.uuid4().hex[:8]}"
+        rabbitmqctl("add_vhost", self.name)
+        rabbitmqctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
+        self.url = f"amqp://guest:guest@127.0.0.1:5672/{self.name}"
+
+    def delete(self) -> None:
+        try:
+            rabbitmqctl("delete_vhost", self.name)
+        except RuntimeError:
+            pass

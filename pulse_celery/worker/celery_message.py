@@ -1,0 +1,73 @@
+"""A Pulse delivery dressed as the kombu message Celery's own task handling expects.
+
+Under the ``complete`` policy the task runs through Celery's strategy for it, exactly as
+if Celery had consumed a task message: acks_late, reject_on_worker_lost, time limits and
+retries behave as for any task. The message it is given is a :class:`TaskDeliveryMessage`:
+a task-protocol-2 message whose ack and reject go to the Pulse delivery behind it, on the
+Pulse channel it came on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from kombu.message import Message
+
+from .. import _compat
+from ..pulse.delivery import Delivery
+from .handoff import Route
+from .taskmessage import TaskMessage
+
+#: ``(delivery, task name, reason, detail)``: keep a delivery Celery gave up on.
+DeadLetterer = Callable[[Delivery, str, str, str], None]
+
+
+class TaskDeliveryMessage(Message):
+    """A task-protocol-2 message whose ack and reject go to the Pulse delivery behind it."""
+
+    def __init__(
+        self, delivery: Delivery, task_message: TaskMessage, route: Route, dead_letter: DeadLetterer
+    ) -> None:
+        super().__init__(
+            body=task_message.body,
+            delivery_tag=delivery.delivery_tag,
+            content_type=task_message.content_type,
+            content_encoding=task_message.content_encoding,
+            delivery_info={
+                # retry() republishes here: to the Celery broker, not to a Pulse exchange.
+                "exchange": route.exchange,
+                "routing_key": route.routing_key,
+                "priority": 0,
+                "redelivered": delivery.redelivered,
+            },
+            properties=dict(task_message.properties),
+            headers=task_message.headers,
+        )
+        self.delivery = delivery
+        self.dead_letter = dead_letter
+        self.task_name = task_message.headers["task"]
+
+    def ack(self, multiple: bool = False) -> None:
+        self.delivery.ack()
+        _compat.set_message_state(self, "ACK")
+
+    def reject(self, requeue: bool = False) -> None:
+        if requeue:
+            self.delivery.reject(requeue=True)
+        else:
+            # Celery gave up on it (acks_on_failure_or_timeout=False, Reject(requeue=False), ...):
+            # keep it rather than let the broker drop it.
+            self.dead_letter(
+                self.delivery, self.task_name, "rejected-by-task", "Celery rejected it without requeue"
+            )
+        _compat.set_message_state(self, "REQUEUED" if requeue else "REJECTED")
+
+    def requeue(self) -> None:
+        self.reject(requeue=True)
+
+    def ack_log_error(self, logger: Any, errors: Any, multiple: bool = False) -> None:
+        self.ack()
+
+    def reject_log_error(self, logger: Any, errors: Any, requeue: bool = False) -> None:
+        self.reject(requeue)

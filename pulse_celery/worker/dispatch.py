@@ -1,0 +1,192 @@
+"""Turn one Pulse delivery into one task invocation, under the binding's ack policy.
+
+``enqueue``: publish the task message to the Celery broker; ack the Pulse message once the
+broker confirms it, requeue it if the broker refuses it. ``complete``: hand the task to this
+worker's pool through Celery's own strategy, with the Pulse delivery as the message Celery
+acks, so acks_late, reject_on_worker_lost, time limits and retries behave as for any task.
+A delivery that cannot become a task (:class:`~pulse_celery.errors.BadMessage`) is rejected
+without requeue and logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery
+from celery.exceptions import InvalidTaskError
+from kombu.exceptions import ContentDisallowed, DecodeError
+
+from .. import _compat
+from ..bindings import Binding
+from ..config import AppConfig
+from ..errors import BadMessage, HandoffFailed, NoMatchingBinding
+from ..plan import QueuePlan
+from ..pulse.delivery import Delivery
+from ..pulse.message import PulseMessage, RawDelivery, check_content, decode_body, delivery_count
+from .celery_message import TaskDeliveryMessage
+from .deadletters import as_task_message, dead_letter_route, make_dead_letter
+from .handoff import Handoff, Route, resolve_route
+from .taskmessage import TaskMessage, TaskTemplate
+
+logger = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    """Route deliveries of the app's Pulse queues to their tasks."""
+
+    def __init__(
+        self,
+        app: Celery,
+        config: AppConfig,
+        consumer: Any,
+        handoff: Handoff,
+        on_handoff_failed: Callable[[BaseException], None],
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.consumer = consumer  # Celery's worker consumer: strategies, call_soon_ack
+        self.handoff = handoff
+        self.on_handoff_failed = on_handoff_failed
+        self.origin = getattr(consumer, "hostname", None) or "pulse-celery"
+        self._routes: dict[str, Route] = {}
+        self._templates: dict[str, TaskTemplate] = {}
+        self.dead_letter_route = dead_letter_route(app)
+
+    def policy(self, binding: Binding) -> str:
+        return binding.policy(self.config.ack_policy)
+
+    def route(self, task_name: str) -> Route:
+        route = self._routes.get(task_name)
+        if route is None:
+            route = self._routes[task_name] = resolve_route(self.app, task_name)
+        return route
+
+    def template(self, task_name: str) -> TaskTemplate:
+        template = self._templates.get(task_name)
+        if template is None:
+            template = self._templates[task_name] = TaskTemplate(self.app, task_name, self.origin)
+        return template
+
+    def on_message(self, delivery: Delivery, plan: QueuePlan) -> None:
+        """Handle one delivery from ``plan``'s queue; never raises."""
+        raw, meta = delivery.raw, delivery.meta
+        logger.debug("Pulse delivery %s from %s (%s)", raw.delivery_tag, meta.exchange, meta.routing_key)
+        if delivery.problem is not None:
+            self.dead_letter(delivery, plan.task_name, delivery.problem.reason, str(delivery.problem))
+            return
+        try:
+            # Decoded only to check it: the body goes into the task message as it came.
+            binding, _payload = self._decode(raw, meta, plan)
+            task_message = self.template(binding.task_name).build(raw.body, meta)
+            if self.policy(binding) == "complete":
+                # Runs here: a message that kills the worker each time must not loop forever.
+                # (Under enqueue, returns mostly mean the Celery broker refused; not poison.)
+                deliveries = delivery_count(raw.headers)
+                if deliveries >= self.config.max_deliveries:
+                    self.dead_letter(
+                        delivery,
+                        binding.task_name,
+                        "too-many-deliveries",
+                        f"delivered {deliveries + 1} times (pulse_max_deliveries is "
+                        f"{self.config.max_deliveries}); no try ended in an ack, e.g. the worker died",
+                    )
+                    return
+                self._run_here(delivery, binding, task_message)
+            else:
+                self._enqueue(delivery, binding, task_message)
+        except BadMessage as exc:
+            self.dead_letter(delivery, plan.task_name, exc.reason, str(exc))
+        except Exception:
+            logger.exception(
+                "Unexpected error handling a Pulse message from %s (%s); it goes back to the queue",
+                meta.exchange,
+                meta.routing_key,
+            )
+            delivery.reject(requeue=True)
+
+    def _decode(self, raw: RawDelivery, meta: PulseMessage, plan: QueuePlan) -> tuple[Binding, Any]:
+        for binding in plan.bindings:
+            if binding.matches(meta.exchange, meta.routing_keys):
+                break
+        else:
+            raise NoMatchingBinding(f"no binding of queue {plan.name} names this exchange and routing key")
+        check_content(
+            raw.content_type, raw.content_encoding, raw.headers, len(raw.body), self.config.max_body_size
+        )
+        payload = decode_body(raw.body)
+        if binding.payload is not None:
+            # Bad input: dead-lettered here; the task message still carries the JSON object.
+            binding.check_payload(payload)
+        return binding, payload
+
+    def dead_letter(self, delivery: Delivery, task_name: str, reason: str, detail: str) -> None:
+        """Keep ``delivery`` in the dead-letter store, then ack it; requeue it if that fails."""
+        meta, raw = delivery.meta, delivery.raw
+        letter = make_dead_letter(
+            reason=reason,
+            detail=detail,
+            meta=meta,
+            task=task_name,
+            headers=raw.headers,
+            content_type=raw.content_type,
+            content_encoding=raw.content_encoding,
+            body=raw.body,
+            max_body=self.config.max_body_size,
+        )
+        logger.error(
+            "Dead-lettered Pulse message from exchange %s, routing key %s, queue %s: %s (%s); kept as "
+            "%s in %s on the Celery broker ('pulse-celery dead-letters list' shows it)",
+            meta.exchange,
+            meta.routing_key,
+            meta.queue,
+            detail,
+            reason,
+            letter.id,
+            self.dead_letter_route.routing_key,
+        )
+
+        def on_failed(exc: BaseException) -> None:
+            logger.warning(
+                "Dead letter %s not confirmed by the Celery broker (%s); the Pulse message goes back "
+                "to the queue",
+                letter.id,
+                exc,
+            )
+            delivery.reject(requeue=True)
+            self.on_handoff_failed(exc)
+
+        def on_kept() -> None:
+            stats = delivery.lane.stats
+            stats.dead_lettered += 1
+            stats.error(f"dead-lettered ({reason}): {detail}")
+            delivery.ack()
+
+        self.handoff.publish(as_task_message(letter), self.dead_letter_route, on_kept, on_failed)
+
+    def _enqueue(self, delivery: Delivery, binding: Binding, task_message: TaskMessage) -> None:
+
+        def on_failed(exc: BaseException) -> None:
+            logger.warning(
+                "Task message for %s (from %s, %s) not confirmed by the Celery broker: %s; the Pulse "
+                "message goes back to the queue",
+                binding.task_name,
+                delivery.meta.exchange,
+                delivery.meta.routing_key,
+                exc,
+            )
+            delivery.reject(requeue=True)
+            self.on_handoff_failed(exc)
+
+        self.handoff.publish(task_message, self.route(binding.task_name), delivery.ack, on_failed)
+
+    def _run_here(self, delivery: Delivery, binding: Binding, task_message: TaskMessage) -> None:
+        route = self.route(binding.task_name)
+        message = TaskDeliveryMessage(delivery, task_message, route, self.dead_letter)
+        try:
+            _compat.run_strategy(self.consumer, binding.task_name, message)
+        except KeyError:
+            raise HandoffFailed(f"task {binding.task_name} is not registered in this worker") from None
+        except (InvalidTaskError, ContentDisallowed, DecodeError) as exc:
+            raise BadMessage(f"Celery refused the task message: {exc}") from exc
