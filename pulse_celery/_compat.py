@@ -40,6 +40,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import amqp.method_framing
+from amqp.serialization import dumps as _amqp_dumps
+from vine import promise
+
 logger = logging.getLogger(__name__)
 
 #: Celery versions whose worker internals the ``complete`` policy and the step were checked on.
@@ -67,9 +71,7 @@ def fast_path_missing(amqp_connection: Any) -> list[str]:
         missing.append("amqp Connection.on_inbound_frame")
     if not hasattr(amqp_connection, "frame_writer"):
         missing.append("amqp Connection.frame_writer")
-    try:
-        from amqp.method_framing import frame_writer  # noqa: F401
-    except ImportError:
+    if not callable(getattr(amqp.method_framing, "frame_writer", None)):
         missing.append("amqp.method_framing.frame_writer")
     return missing
 
@@ -95,7 +97,7 @@ def set_frame_dispatcher(amqp_connection: Any, dispatch: Callable[[tuple[int, in
 
 def install_frame_writer(amqp_connection: Any, write: Callable[[Any], None]) -> None:
     """Make py-amqp write every frame of ``amqp_connection`` through ``write``."""
-    from amqp.method_framing import frame_writer
+    frame_writer = amqp.method_framing.frame_writer
 
     class _Transport:  # frame_writer only reads ``transport.write``
         pass
@@ -130,9 +132,7 @@ def confirm_events(channel: Any) -> Any:
 
 def table_entries(table: dict[str, Any]) -> bytes:
     """The entries of an AMQP field table as py-amqp encodes them, without the length prefix."""
-    from amqp.serialization import dumps
-
-    encoded: bytes = dumps(b"F", [table])[4:]
+    encoded: bytes = _amqp_dumps(b"F", [table])[4:]
     return encoded
 
 
@@ -224,8 +224,6 @@ def run_strategy(c: Any, task_name: str, message: Any) -> None:
 
     Raises KeyError when the task is not registered in this worker.
     """
-    from vine import promise
-
     strategy = c.strategies[task_name]
     strategy(
         message,

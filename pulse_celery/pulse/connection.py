@@ -232,6 +232,9 @@ class PulseConnection:
             self._closed = True
             self._shut()
             raise
+        finally:
+            if self._closed:
+                self._loop.close()  # its poller and the socket that wakes it
 
     def start(self) -> PulseConnection:
         """Run :meth:`run` in a background thread; return at once."""
@@ -249,7 +252,8 @@ class PulseConnection:
             return
         self._closed = True
         if not self._loop.running:
-            self._shut()
+            self.engine.close("closed by the application")
+            self._loop.close()
         elif self._loop.in_loop_thread():
             self._loop.call_soon(self._shut)  # from a callback: after the frame it came in
             return
@@ -282,18 +286,7 @@ class PulseConnection:
 
     def status(self) -> dict[str, Any]:
         """The connection's figures and each queue's, as the Celery worker's ``pulse_status``."""
-        return self._call(self._status)
-
-    def _status(self) -> dict[str, Any]:
-        queues = {}
-        for consumer in self.engine.consumers.values():
-            queues[consumer.name] = consumer.stats.snapshot(
-                state=consumer.state(), prefetch=consumer.prefetch, in_flight=consumer.in_flight
-            )
-        return {
-            "connection": {**self.engine.stats.snapshot(), "url": self.config.safe_url()},
-            "queues": queues,
-        }
+        return self._call(self.engine.status)
 
     def _notify(self) -> None:
         with self._changes:

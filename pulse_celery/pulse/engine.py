@@ -116,8 +116,6 @@ class Engine:
 
     def start(self) -> None:
         self.draining = False
-        if self._ticks is not None:
-            self._ticks.add(self.flush_acks)
         self.link.start()
         self.changed()
 
@@ -143,10 +141,10 @@ class Engine:
         return open
 
     def _on_up(self, up: Up) -> None:
-        self.session = Session(up, batched_acks=self._ticks is not None)
+        self.session = Session(up, self._ticks)
         self.stats.connects += 1
         if up.wire is not None and self.isolate:
-            up.wire.on_channel_error = self._on_channel_error
+            up.wire.route_channel_errors(self._on_channel_error)
         again = "" if up.down_for is None else f" again, {up.down_for:.1f} s after it was lost"
         declared: dict[str, Any] = up.extra
         for key, consumer in list(self.consumers.items()):
@@ -210,13 +208,6 @@ class Engine:
         else:
             fun()
 
-    def flush_acks(self) -> None:
-        """Send the acks of this turn of the loop (one of the hub's on_tick callbacks)."""
-        for consumer in self.consumers.values():
-            lane = consumer.lane
-            if lane is not None:
-                lane.acker.flush()
-
     # -- holding, draining, closing ------------------------------------------------------------
 
     def hold(self, state: str) -> None:
@@ -242,8 +233,7 @@ class Engine:
         for consumer in self.consumers.values():
             consumer.deactivate()
             if consumer.lane is not None:
-                consumer.lane.acker.batched = False
-                consumer.lane.acker.flush()
+                consumer.lane.unbatch()
         up = self.link.up
         if up is not None and up.wire is not None:
             up.wire.stop_reading()
@@ -254,8 +244,6 @@ class Engine:
         in_flight = self.in_flight()
         up = self.link.stop()
         self.depth.stop()
-        if self._ticks is not None:
-            self._ticks.discard(self.flush_acks)
         for consumer in self.consumers.values():
             if consumer.lane is not None:
                 consumer.lane.acker.flush()  # acks already decided on must not be redelivered
@@ -282,6 +270,21 @@ class Engine:
         if self.held:
             return self.held
         return "consuming" if any(c.consuming for c in self.consumers.values()) else "connected"
+
+    def status(self) -> dict[str, Any]:
+        """The connection's figures, then each queue's (what ``pulse_status`` replies).
+
+        It only reads: the Prometheus exporter calls it from its own thread.
+        """
+        queues = {}
+        for consumer in list(self.consumers.values()):
+            queues[consumer.name] = consumer.stats.snapshot(
+                state=consumer.state(), prefetch=consumer.prefetch, in_flight=consumer.in_flight
+            )
+        return {
+            "connection": {**self.stats.snapshot(), "url": self.config.safe_url()},
+            "queues": queues,
+        }
 
     def changed(self, queues: bool = False) -> None:
         """Record the state; tell the owner when it (or, with ``queues``, a queue's) changed."""

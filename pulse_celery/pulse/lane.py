@@ -25,8 +25,9 @@ class Lane:
         channel: Any,
         wire: LoopConnection | None,
         stats: QueueStats,
-        batched_acks: bool,
+        ticks: set[Callable[[], Any]] | None,
     ) -> None:
+        """``ticks``: the hub's callbacks run once per turn of the loop (acks wait for them), or None."""
         self.channel = channel
         self.wire = wire
         self.stats = stats
@@ -38,7 +39,12 @@ class Lane:
         self.in_flight = 0
         self._open = True
         #: sends this channel's acks, several in one frame where it can (see acks.py)
-        self.acker = Acker(lambda tag, multiple: self.guard(channel.basic_ack, tag, multiple), batched_acks)
+        self._ticks = ticks if wire is not None else None
+        self.acker = Acker(
+            lambda tag, multiple: self.guard(channel.basic_ack, tag, multiple), self._ticks is not None
+        )
+        if self._ticks is not None:
+            self._ticks.add(self.acker.flush)
 
     @property
     def alive(self) -> bool:
@@ -79,10 +85,22 @@ class Lane:
         self.in_flight -= 1
         self.stats.settled(what)
 
+    def unbatch(self) -> None:
+        """From now on send each ack at once (the loop may not turn again: warm shutdown)."""
+        self.acker.batched = False
+        self.acker.flush()
+        self._stop_ticking()
+
+    def _stop_ticking(self) -> None:
+        if self._ticks is not None:
+            self._ticks.discard(self.acker.flush)
+            self._ticks = None
+
     def kill(self) -> None:
         """The channel is gone (closed by the broker, or with its connection): settle nothing more."""
         self._open = False
         self.consumer_tag = None
+        self._stop_ticking()
 
     def close(self) -> None:
         """Send the acks already decided on, then close the channel (its unsettled deliveries return)."""
@@ -91,6 +109,7 @@ class Lane:
         self.acker.flush()
         self._open = False
         self.consumer_tag = None
+        self._stop_ticking()
         if self.wire is not None:
             if self.wire.alive:
                 self.wire.guard(self.channel.close)

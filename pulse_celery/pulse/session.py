@@ -51,11 +51,12 @@ def predeclare(
 class Session:
     """Channels on the live connection; dead once the connection is lost or closed."""
 
-    def __init__(self, up: Up, batched_acks: bool) -> None:
+    def __init__(self, up: Up, ticks: set[Callable[[], Any]] | None) -> None:
+        """``ticks``: the hub's once-per-turn callbacks, where each lane sends its acks; or None."""
         self.connection = up.connection
         #: None on kombu's in-memory transport (no event loop)
         self.wire = up.wire
-        self._batched_acks = batched_acks and up.wire is not None
+        self._ticks = ticks
         self._closed = False
 
     @property
@@ -74,7 +75,7 @@ class Session:
     def lane(self, channel: Any, stats: QueueStats) -> Lane:
         """A queue's lane on ``channel``, whose acks are counted into ``stats``."""
         channel.auto_decode = False
-        return Lane(channel, self.wire, stats, self._batched_acks)
+        return Lane(channel, self.wire, stats, self._ticks)
 
     def open_channel(self) -> Any:
         """A new channel (None if the connection is gone)."""

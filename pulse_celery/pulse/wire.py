@@ -254,6 +254,7 @@ class LoopConnection:
         #: whole connection is treated as lost.
         self.on_channel_error: Callable[[int, BaseException], None] | None = None
         self._installed = False
+        self._routing = False
         self._writer: _BatchingWriter | None = None
         self._reader: FrameReader | None = None
         self._amqp_drain: Callable[..., Any] = amqp_connection.drain_events
@@ -293,7 +294,23 @@ class LoopConnection:
                 ", ".join(missing),
             )
             return
-        dispatch = _compat.frame_dispatcher(amqp_connection)
+        self._writer = _BatchingWriter(self, transport.write)
+        _compat.install_frame_writer(amqp_connection, self._writer.write)
+        self._amqp_drain = _compat.replace_drain_events(amqp_connection, self._drain_events)
+        self._reader = FrameReader(amqp_connection, _compat.frame_dispatcher(amqp_connection), self.name)
+
+    def route_channel_errors(self, callback: Callable[[int, BaseException], None]) -> None:
+        """Send an error that closes only one channel to ``callback(channel_id, exc)``.
+
+        Without this (or without the fast path) such an error loses the whole connection.
+        Each inbound frame then goes through one more call, which marks a channel error with
+        the channel of the frame that raised it (:func:`error_channel`).
+        """
+        self.on_channel_error = callback
+        if self._reader is None or self._routing:
+            return
+        self._routing = True
+        dispatch = self._reader.dispatch
 
         def on_frame(frame: tuple[int, int, Any]) -> Any:
             try:
@@ -302,11 +319,8 @@ class LoopConnection:
                 setattr(exc, _CHANNEL_ATTRIBUTE, frame[1])
                 raise
 
-        _compat.set_frame_dispatcher(amqp_connection, on_frame)
-        self._writer = _BatchingWriter(self, transport.write)
-        _compat.install_frame_writer(amqp_connection, self._writer.write)
-        self._amqp_drain = _compat.replace_drain_events(amqp_connection, self._drain_events)
-        self._reader = FrameReader(amqp_connection, on_frame, self.name)
+        _compat.set_frame_dispatcher(self._amqp, on_frame)
+        self._reader.dispatch = on_frame
 
     def _remove_reader(self) -> None:
         if self._fd is not None:

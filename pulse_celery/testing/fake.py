@@ -60,7 +60,7 @@ class FakeQueue:
         self.state = "consuming"
         self.stats = QueueStats(name, label)
         self._runner = runner
-        self._lane = Lane(_RecordingChannel(self), None, self.stats, batched_acks=False)
+        self._lane = Lane(_RecordingChannel(self), None, self.stats, ticks=None)
         self._tags = itertools.count(1)
         #: messages waiting (published while paused, or requeued): (raw body, properties, info)
         self.ready: deque[tuple[bytes, dict[str, Any], dict[str, Any]]] = deque()

@@ -119,12 +119,4 @@ class RemoteControl:
 
     def status(self) -> dict[str, Any]:
         """Return what ``pulse_status`` replies: the connection, then each queue's figures."""
-        queues = {}
-        for consumer in list(self.consumers.values()):
-            queues[consumer.name] = consumer.stats.snapshot(
-                state=consumer.state(), prefetch=consumer.prefetch, in_flight=consumer.in_flight
-            )
-        return {
-            "connection": {**self.engine.stats.snapshot(), "url": self.config.safe_url()},
-            "queues": queues,
-        }
+        return self.engine.status()

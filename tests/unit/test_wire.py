@@ -398,7 +398,7 @@ def channel_close(channel: int) -> bytes:
 def test_a_channel_closed_by_the_peer_reaches_on_channel_error_with_its_number(wire: Wire) -> None:
     open_channel(wire.connection, wire.peer, 2)
     channel_errors: list[tuple[int, BaseException]] = []
-    wire.loop.on_channel_error = lambda channel_id, exc: channel_errors.append((channel_id, exc))
+    wire.loop.route_channel_errors(lambda channel_id, exc: channel_errors.append((channel_id, exc)))
     wire.peer.send(deliveries(1), channel_close(2))
 
     wire.readable()
@@ -428,7 +428,7 @@ def test_without_on_channel_error_a_channel_error_loses_the_connection_once_and_
 
     [exc] = wire.lost
     assert isinstance(exc, NotFound)
-    assert error_channel(exc) == 2
+    assert error_channel(exc) is None  # frames are marked with their channel only when routed
     assert not wire.loop.alive
     assert fd not in hub.readers
 
@@ -438,7 +438,7 @@ def test_without_on_channel_error_a_channel_error_loses_the_connection_once_and_
 
 def test_a_connection_error_loses_the_connection_once_even_with_on_channel_error_set(wire: Wire) -> None:
     channel_errors: list[tuple[int, BaseException]] = []
-    wire.loop.on_channel_error = lambda channel_id, exc: channel_errors.append((channel_id, exc))
+    wire.loop.route_channel_errors(lambda channel_id, exc: channel_errors.append((channel_id, exc)))
     wire.peer.send(method(0, spec.Connection.Close, "BsBB", (320, "CONNECTION_FORCED", 0, 0)))
 
     wire.readable()
@@ -454,7 +454,7 @@ def test_frames_after_a_channel_error_in_the_same_read_are_delivered_without_mor
     wire: Wire, hub: Hub
 ) -> None:
     open_channel(wire.connection, wire.peer, 2)
-    wire.loop.on_channel_error = lambda channel_id, exc: None
+    wire.loop.route_channel_errors(lambda channel_id, exc: None)
     wire.peer.send(channel_close(2), deliveries(1))
 
     wire.readable()
