@@ -8,7 +8,7 @@ has finished (``complete``).
 Standalone: :class:`PulseConnection` is the Go ``pulse`` client's API, with no Celery
 broker: ``PulseConnection(user, password, url).consume(queue, callback, ...)``.
 
-The layers, each in its folder: ``pulse/`` the engine (nothing Celery), ``worker/`` the
+The layers, each in its folder: ``pulse/`` the engine (its modules import no Celery), ``worker/`` the
 Celery worker step, ``cli/`` the ``pulse-celery`` command, ``testing/`` helpers for your
 tests. Importing this package or decorating a task never loads the worker step.
 """

@@ -52,11 +52,11 @@ SUPPORTED_CELERY = "Celery 5.7"
 _warned: set[str] = set()
 
 
-def warn_once(key: str, message: str, *args: Any) -> None:
+def warn_once(key: str, message: str, *args: Any, exc_info: bool = False) -> None:
     """Log one WARNING per process for a missing internal and its fallback."""
     if key not in _warned:
         _warned.add(key)
-        logger.warning(message, *args)
+        logger.warning(message, *args, exc_info=exc_info)
 
 
 # -- py-amqp: the loop connection's fast path (pulse/wire.py) --------------------------------
@@ -185,10 +185,19 @@ def tick_callbacks(hub: Any) -> set[Callable[[], Any]] | None:
 
 def set_message_state(message: Any, state: str) -> None:
     """Record on a kombu Message that it was acked or rejected (its ``acknowledged`` flag)."""
-    try:
+    if _MESSAGE_HAS_STATE:
         message._state = state
-    except AttributeError:
+    else:
         warn_once("Message._state", "kombu's Message._state is missing: settled states are not recorded")
+
+
+def _message_has_state() -> bool:
+    from kombu.message import Message
+
+    return "_state" in getattr(Message, "__slots__", ())
+
+
+_MESSAGE_HAS_STATE = _message_has_state()
 
 
 # -- Celery ------------------------------------------------------------------------------------
@@ -242,8 +251,19 @@ def is_warm_shutdown(c: Any) -> bool:
 
 
 def max_prefetch(c: Any) -> int | None:
-    """Celery's full prefetch (concurrency x multiplier), not the one it lowers after a reconnect."""
-    value = getattr(c, "max_prefetch_count", None)
+    """Celery's full prefetch (concurrency x multiplier), not the one it lowers after a reconnect.
+
+    Only once the pool has started: before, prefork's pool cannot say its size.
+    """
+    try:
+        value = c.max_prefetch_count
+    except AttributeError:
+        warn_once(
+            "max_prefetch_count",
+            "Celery's Consumer.max_prefetch_count is not readable: complete queues use "
+            "pulse_prefetch_count as their prefetch",
+        )
+        return None
     return int(value) if value else None
 
 

@@ -124,12 +124,18 @@ class PulseQueue:
         the queue keeps retrying meanwhile), or a failed connect. ``"timed out"`` otherwise.
         """
         consumer, engine = self._consumer, self._connection.engine
+        loop = self._connection._loop
+        if loop.in_loop_thread() or not loop.running:
+            raise PulseCeleryError(
+                "wait_consuming() waits for the connection's thread: call it from another thread, "
+                "after start()"
+            )
 
         def answer() -> tuple[str | None] | None:  # a 1-tuple: truthy even when it holds None
             if consumer.consuming:
                 return (None,)
-            if consumer.stats.last_error:
-                return (consumer.stats.last_error,)
+            if consumer.recovery.failure:
+                return (consumer.recovery.failure,)
             if engine.state() == "lost" and engine.stats.last_error:
                 return (f"cannot connect to Pulse at {engine.config.safe_url()}: {engine.stats.last_error}",)
             return None
@@ -224,23 +230,31 @@ class PulseConnection:
 
     def run(self) -> None:
         """Connect and consume in this thread until :meth:`close` (Ctrl-C closes, then re-raises)."""
-        if self._closed:
+        if self._closed and not self._loop.in_loop_thread():
             raise PulseCeleryError("this Pulse connection is closed; make a new one")
         try:
-            self._loop.run(on_start=self.engine.start)
+            self._loop.run(on_start=self._start_engine)
         except KeyboardInterrupt:
             self._closed = True
-            self._shut()
+            self.engine.close("interrupted")
             raise
         finally:
             if self._closed:
                 self._loop.close()  # its poller and the socket that wakes it
 
+    def _start_engine(self) -> None:
+        if not self._closed:  # close() may have come first, from another thread
+            self.engine.start()
+
     def start(self) -> PulseConnection:
         """Run :meth:`run` in a background thread; return at once."""
+        if self._closed:
+            raise PulseCeleryError("this Pulse connection is closed; make a new one")
         if self._thread is None:
-            self._thread = threading.Thread(target=self.run, name="pulse-connection", daemon=True)
-            self._thread.start()
+            thread = threading.Thread(target=self.run, name="pulse-connection", daemon=True)
+            self._loop.claim(thread)  # from now on, calls from other threads queue for it
+            self._thread = thread
+            thread.start()
         return self
 
     def close(self, timeout: float = 30.0) -> None:
@@ -258,7 +272,10 @@ class PulseConnection:
             self._loop.call_soon(self._shut)  # from a callback: after the frame it came in
             return
         else:
-            self._loop.call(self._shut, timeout)
+            try:
+                self._loop.call(self._shut, timeout)
+            except RuntimeError:  # the loop stopped meanwhile
+                self.engine.close("closed by the application")
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
@@ -301,15 +318,18 @@ class PulseConnection:
 
     def _delete_offline(self, consumer: QueueConsumer) -> str:
         """Delete a queue over a short-lived connection of its own (the loop's is not up)."""
-        consumer.close()
-        consumer.wants = "deleted"
+        before = consumer.wants
+        consumer.wants = "deleted"  # first, so that no connect declares it again meanwhile
         try:
             with open_connection(self.config) as connection:
                 dropped = unbind_and_delete(connection.channel(), consumer.spec)
         except NotFound:
-            return "it was already gone"
+            dropped = 0
         except Exception as exc:
+            consumer.wants = before
             raise PulseCeleryError(
                 f"queue {consumer.name} was not deleted: {describe_error(exc, self.config)}"
             ) from exc
+        consumer.close()
+        consumer.wants = "deleted"
         return f"{dropped} ready messages dropped with it"

@@ -85,6 +85,7 @@ class QueueConsumer:
         self.lane: Lane | None = None
         #: how it recovers, alone, from what the broker does to it
         self.recovery = Recovery(self)
+        self._activating = False
 
     @property
     def name(self) -> str:
@@ -150,11 +151,30 @@ class QueueConsumer:
 
     # -- consuming -------------------------------------------------------------------------
 
-    def activate(self) -> None:
-        """Consume, if the owner wants it and the connection, the hand-off and any retry allow it."""
+    def may_consume(self) -> bool:
+        """The owner wants it, and the connection, the hand-off and any retry allow it."""
         engine = self.engine
-        if self.wants != "consuming" or not engine.up or engine.held or self.recovery.pending:
+        return self.wants == "consuming" and engine.up and not engine.held and not self.recovery.pending
+
+    def activate(self) -> None:
+        """Consume, if :meth:`may_consume`.
+
+        Its synchronous calls let other frames be handled while they wait: a callback may
+        pause this queue, or the hand-off hold them all, meanwhile. So a nested call does
+        nothing, and what may consume is asked again once the consumer exists.
+        """
+        if self._activating or not self.may_consume():
             return
+        self._activating = True
+        try:
+            self._activate()
+        finally:
+            self._activating = False
+        if self.consuming and not self.may_consume():
+            self.deactivate()  # paused or held while the consumer was being set up
+
+    def _activate(self) -> None:
+        engine = self.engine
         lane = self._ensure_lane()
         if lane is None or lane.consumer_tag is not None:
             return
@@ -278,7 +298,8 @@ class QueueConsumer:
             self.activate()
             return outcome or ConnectionError("the Pulse connection was lost")
         if self.lane is not None:
-            self.lane.declared = False
+            self.lane.close()  # its in-flight deliveries went with the queue
+            self.lane = None
         return outcome
 
 

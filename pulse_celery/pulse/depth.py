@@ -2,7 +2,9 @@
 
 Guardian counts a queue's ready and unacknowledged messages; past its deletion threshold
 (8,000 by default) it deletes the queue and its bindings. Every ``depth_check_interval``
-seconds each consumed queue is asked its depth with a passive declare on its own channel.
+seconds each declared queue is asked its depth with a passive declare, on a short-lived
+channel: a queue that is gone (Guardian deletes paused queues too, and no consumer hears of
+it) closes that channel only, and the queue is declared again when it is next consumed.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from amqp.exceptions import NotFound
+
 from .config import PulseConfig
 from .consumer import QueueConsumer
 from .loop import Timers
+from .session import Session
 
 logger = logging.getLogger(__name__)
 
@@ -26,10 +31,10 @@ class DepthMonitor:
         timers: Timers,
         config: PulseConfig,
         consumers: Callable[[], list[QueueConsumer]],
-        up: Callable[[], bool],
+        session: Callable[[], Session | None],
     ) -> None:
         self.timers, self.config = timers, config
-        self._consumers, self._up = consumers, up
+        self._consumers, self._session = consumers, session
         self._timer: Any = None
         #: queues now over the warning depth
         self.deep: set[str] = set()
@@ -49,10 +54,14 @@ class DepthMonitor:
             lane = consumer.lane
             if lane is None or not lane.alive or not lane.declared:
                 continue
-            declared = lane.guard(lane.channel.queue_declare, consumer.name, True)
-            if not self._up():
+            session = self._session()
+            if session is None:
                 return  # the connection went while asking: the next connect starts again
-            if declared is None:
+            declared = session.run_on_own_channel(_passive_declare, consumer.name)
+            if isinstance(declared, NotFound):
+                lane.declared = False  # gone: declared again (with its bindings) when next consumed
+                continue
+            if declared is None or isinstance(declared, BaseException):
                 continue
             depth = declared.message_count + consumer.in_flight
             if depth >= warn_at and consumer.name not in self.deep:
@@ -69,3 +78,7 @@ class DepthMonitor:
                 self.deep.discard(consumer.name)
                 logger.info("Pulse queue %s is back to %d messages", consumer.name, depth)
         self._timer = self.timers.later(self.config.depth_check_interval, self._check)
+
+
+def _passive_declare(channel: Any, name: str) -> Any:
+    return channel.queue_declare(name, passive=True)

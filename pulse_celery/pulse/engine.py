@@ -78,7 +78,7 @@ class Engine:
         self.draining = False
         #: the live connection's channels, while it is up
         self.session: Session | None = None
-        self.depth = DepthMonitor(self.timers, config, lambda: list(self.consumers.values()), lambda: self.up)
+        self.depth = DepthMonitor(self.timers, config, lambda: list(self.consumers.values()), self._live)
         self._ticks = _compat.tick_callbacks(hub) if hub is not None else None
 
     # -- queues ------------------------------------------------------------------------------
@@ -104,6 +104,9 @@ class Engine:
             consumer.activate()
         self.changed()
         return consumer
+
+    def _live(self) -> Session | None:
+        return self.session if self.up else None
 
     @property
     def up(self) -> bool:
@@ -132,7 +135,8 @@ class Engine:
         def open() -> tuple[Connection, dict[str, Any]]:
             connection = self._connect()
             try:
-                return connection, predeclare(connection, self.config, wanted, self.isolate)
+                declared = predeclare(connection, self.config, wanted, self.isolate)
+                return connection, {key: (spec, declared[key]) for key, spec in wanted}
             except Exception:
                 if not self._shared:
                     connection.collect()
@@ -146,14 +150,20 @@ class Engine:
         if up.wire is not None and self.isolate:
             up.wire.route_channel_errors(self._on_channel_error)
         again = "" if up.down_for is None else f" again, {up.down_for:.1f} s after it was lost"
-        declared: dict[str, Any] = up.extra
+        declared: dict[str, tuple[QueueSpec, Any]] = up.extra
         for key, consumer in list(self.consumers.items()):
-            guarded(consumer.connected, f"starting Pulse queue {consumer.name}")(declared.get(key))
+            spec, channel = declared.get(key, (None, None))
+            if spec is not consumer.spec:  # replaced while connecting: it declares its own
+                if channel is not None and not isinstance(channel, BaseException):
+                    self.session.close_channel(channel)
+                channel = None
+            guarded(consumer.connected, f"starting Pulse queue {consumer.name}")(channel)
         logger.info(
             "Connected to Pulse at %s%s; queues: %s",
             self.config.safe_url(),
             again,
-            ", ".join(c.describe() for c in self.consumers.values() if c.wants != "closed") or "none",
+            ", ".join(c.describe() for c in self.consumers.values() if c.wants not in ("closed", "deleted"))
+            or "none",
         )
         self.depth.start()
         if self._on_connected is not None:
@@ -230,6 +240,7 @@ class Engine:
         """
         self.draining = True
         self.depth.stop()
+        self.link.timers.cancel_all()  # no reconnect during a warm shutdown
         for consumer in self.consumers.values():
             consumer.deactivate()
             if consumer.lane is not None:
@@ -241,6 +252,7 @@ class Engine:
 
     def close(self, why: str) -> int:
         """Close the connection; return how many unsettled deliveries go back to their queues."""
+        self.draining = False
         in_flight = self.in_flight()
         up = self.link.stop()
         self.depth.stop()

@@ -49,6 +49,10 @@ class Up:
     down_for: float | None
 
 
+class _Stale(Exception):
+    """A connect attempt finished after the link was stopped or restarted."""
+
+
 class Link:
     """One connection kept up with backoff; see the module docstring for its states."""
 
@@ -97,9 +101,19 @@ class Link:
         if self.hub is None:
             self._opened(generation, opener())
             return
+
+        def attempt() -> tuple[Connection, Any]:
+            result = opener()
+            if generation != self.generation:
+                # Stopped (or restarted) meanwhile: the loop may never run this result, so
+                # drop the connection here rather than leave it open with nobody reading it.
+                result[0].collect()
+                raise _Stale()
+            return result
+
         run_in_thread(
             self.hub,
-            opener,
+            attempt,
             partial(self._opened, generation),
             partial(self._failed, generation),
             name=f"pulse-celery-connect-{self.name}",

@@ -112,12 +112,20 @@ def run_in_thread(
 
 
 class Loop:
-    """A kombu Hub run by :meth:`run` in one thread; other threads hand it work with :meth:`call_soon`."""
+    """A kombu Hub run by :meth:`run` in one thread; other threads hand it work with :meth:`call`.
+
+    It stops through a flag, never by raising out of the hub's ready callbacks (kombu keeps
+    them in a set: raising would drop the others queued with it). Work handed over by
+    :meth:`call` that the loop cannot run any more fails in its caller's thread instead of
+    leaving it waiting.
+    """
 
     def __init__(self) -> None:
         self.hub = Hub()
         self.thread: threading.Thread | None = None
         self._stopping = False
+        self._lock = threading.Lock()
+        self._pending: set[Future[Any]] = set()
 
     @property
     def running(self) -> bool:
@@ -126,18 +134,30 @@ class Loop:
     def in_loop_thread(self) -> bool:
         return self.thread is threading.current_thread()
 
+    def claim(self, thread: threading.Thread) -> None:
+        """Reserve the loop for ``thread`` before it starts, so that calls queue for it at once."""
+        with self._lock:
+            if self.thread is not None:
+                raise RuntimeError("this Pulse connection's loop already runs in another thread")
+            self.thread = thread
+
     def run(self, on_start: Callable[[], None] | None = None) -> None:
         """Run the loop in this thread until :meth:`stop`; refuse a second runner."""
-        if self.thread is not None:
-            raise RuntimeError("this Pulse connection's loop already runs in another thread")
-        self.thread = threading.current_thread()
-        self._stopping = False
+        with self._lock:
+            if self.thread not in (None, threading.current_thread()):
+                raise RuntimeError("this Pulse connection's loop already runs in another thread")
+            self.thread = threading.current_thread()
         try:
             if on_start is not None:
                 self.hub.call_soon(guarded(on_start, "starting the connection"))
-            self.hub.run_forever()
+            while not self._stopping:
+                self.hub.run_once()
         finally:
-            self.thread = None
+            with self._lock:
+                self.thread = None
+                pending, self._pending = self._pending, set()
+            for future in pending:
+                future.set_exception(RuntimeError("the Pulse connection's loop has stopped"))
 
     def call_soon(self, fun: Callable[..., Any], *args: Any) -> None:
         """Run ``fun(*args)`` on the loop's thread (from any thread); an error is logged."""
@@ -148,11 +168,19 @@ class Loop:
 
         From the loop's thread, or while no thread runs the loop, it runs at once.
         """
-        if self.thread is None or self.in_loop_thread():
-            return fun()
         future: Future[_T] = Future()
+        with self._lock:
+            direct = self.thread is None or self.thread is threading.current_thread()
+            if not direct:
+                self._pending.add(future)
+        if direct:
+            return fun()
 
         def work() -> None:
+            with self._lock:
+                if future not in self._pending:
+                    return
+                self._pending.discard(future)
             try:
                 future.set_result(fun())
             except BaseException as exc:  # handed to the caller's thread
@@ -164,7 +192,11 @@ class Loop:
     def stop(self) -> None:
         """Make :meth:`run` return after the current turn of the loop (from any thread)."""
         self._stopping = True
-        self.hub.stop()
+        self.hub.call_soon(_wake)
 
     def close(self) -> None:
         self.hub.close()
+
+
+def _wake() -> None:
+    """Nothing: queued from another thread, it wakes the hub's poller."""

@@ -31,6 +31,8 @@ class Recovery:
         self.backoff = Backoff()
         self._timer: Any = None
         self._redeclaring = False
+        #: why the queue cannot be consumed now (cleared once it is), or None
+        self.failure: str | None = None
 
     @property
     def pending(self) -> bool:
@@ -67,6 +69,7 @@ class Recovery:
     def succeeded(self) -> None:
         """The queue is consumed again: the next failure starts the backoff from the start."""
         self.backoff.reset()
+        self.failure = None
 
     def channel_closed(self, exc: BaseException) -> None:
         """The broker closed the queue's channel: drop it, retry alone with backoff."""
@@ -94,6 +97,7 @@ class Recovery:
         consumer = self.consumer
         why = describe_error(exc, consumer.engine.config)
         consumer.stats.error(why)
+        self.failure = why
         delay = self.backoff.next()
         logger.error(
             "Cannot consume Pulse queue %s: %s; the other queues go on; retrying in %.1f s",

@@ -20,6 +20,7 @@ from .lane import Lane
 from .link import Up
 from .stats import QueueStats
 from .topology import QueueSpec, declare
+from .wire import error_channel
 
 
 def predeclare(
@@ -96,9 +97,10 @@ class Session:
             try:
                 return fun(channel, *args)
             except ChannelError as exc:
+                if error_channel(exc) not in (None, channel.channel_id):
+                    raise  # another channel's, read while this one waited: the guard routes it
                 return exc
             finally:
-                if channel.is_open:
-                    channel.close()
+                self.close_channel(channel)  # guarded: another channel's error is routed, not ours
 
         return self.guard(work)

@@ -148,7 +148,7 @@ def read_settings(
     for info in describe(cls):
         if info.name in skip:
             continue
-        raw = next((source[info.name] for source in sources if source.get(info.name) is not None), None)
+        raw = next((source[info.name] for source in sources if _given(source.get(info.name))), None)
         if raw is None:
             continue
         value = parse(option(info.name), info.type, raw, _safe(info.check))
@@ -157,6 +157,11 @@ def read_settings(
             raise ConfigError(f"{option(info.name)} {raw!r} {problem}")
         values[info.name] = value
     return values
+
+
+def _given(value: Any) -> bool:
+    """None and blank text (``PULSE_HEARTBEAT=``) leave a setting unset."""
+    return value is not None and not (isinstance(value, str) and not value.strip())
 
 
 def read_one(cls: type, name: str, sources: list[Mapping[str, Any]], *, option: Callable[[str], str]) -> Any:

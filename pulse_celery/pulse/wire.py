@@ -162,6 +162,10 @@ class FrameReader:
                 dispatch((frame_type, channel, buffer[position + 7 : end]))
                 if self._parsing is None:
                     break  # a synchronous call took the rest of the buffer over
+        except ChannelError as exc:  # the broker closed this frame's channel (or one it waited on)
+            if getattr(exc, _CHANNEL_ATTRIBUTE, None) is None:
+                setattr(exc, _CHANNEL_ATTRIBUTE, channel)
+            raise
         finally:
             if self._parsing is not None:
                 _compat.set_read_buffer(transport, buffer[self._parsed :])
@@ -231,6 +235,20 @@ class FrameReader:
         return len(buffer) >= size + 8
 
 
+def _marking_channel_errors(dispatch: Callable[[tuple[int, int, Any]], Any]) -> Callable[..., Any]:
+    """``dispatch``, with a channel error marked with the channel of the frame that raised it."""
+
+    def on_frame(frame: tuple[int, int, Any]) -> Any:
+        try:
+            return dispatch(frame)
+        except ChannelError as exc:
+            if getattr(exc, _CHANNEL_ATTRIBUTE, None) is None:
+                setattr(exc, _CHANNEL_ATTRIBUTE, frame[1])
+            raise
+
+    return on_frame
+
+
 class LoopConnection:
     """One connected kombu/py-amqp connection, read and heartbeated on the hub's thread."""
 
@@ -254,7 +272,6 @@ class LoopConnection:
         #: whole connection is treated as lost.
         self.on_channel_error: Callable[[int, BaseException], None] | None = None
         self._installed = False
-        self._routing = False
         self._writer: _BatchingWriter | None = None
         self._reader: FrameReader | None = None
         self._amqp_drain: Callable[..., Any] = amqp_connection.drain_events
@@ -294,33 +311,31 @@ class LoopConnection:
                 ", ".join(missing),
             )
             return
-        self._writer = _BatchingWriter(self, transport.write)
-        _compat.install_frame_writer(amqp_connection, self._writer.write)
+        dispatch = _compat.frame_dispatcher(amqp_connection)
+        writer = _BatchingWriter(self, transport.write)
+        try:
+            _compat.install_frame_writer(amqp_connection, writer.write)
+        except Exception:
+            _compat.warn_once(
+                "frame_writer",
+                "py-amqp's frame_writer could not be installed: frames are read and written one by "
+                "one by py-amqp (correct, slower)",
+                exc_info=True,
+            )
+            return
+        self._writer = writer
         self._amqp_drain = _compat.replace_drain_events(amqp_connection, self._drain_events)
-        self._reader = FrameReader(amqp_connection, _compat.frame_dispatcher(amqp_connection), self.name)
+        # Frames py-amqp reads itself (while a synchronous call waits) are marked as the
+        # FrameReader marks its own: a channel error carries the channel of the frame.
+        _compat.set_frame_dispatcher(amqp_connection, _marking_channel_errors(dispatch))
+        self._reader = FrameReader(amqp_connection, dispatch, self.name)
 
     def route_channel_errors(self, callback: Callable[[int, BaseException], None]) -> None:
         """Send an error that closes only one channel to ``callback(channel_id, exc)``.
 
         Without this (or without the fast path) such an error loses the whole connection.
-        Each inbound frame then goes through one more call, which marks a channel error with
-        the channel of the frame that raised it (:func:`error_channel`).
         """
         self.on_channel_error = callback
-        if self._reader is None or self._routing:
-            return
-        self._routing = True
-        dispatch = self._reader.dispatch
-
-        def on_frame(frame: tuple[int, int, Any]) -> Any:
-            try:
-                return dispatch(frame)
-            except ChannelError as exc:  # the broker closed this frame's channel
-                setattr(exc, _CHANNEL_ATTRIBUTE, frame[1])
-                raise
-
-        _compat.set_frame_dispatcher(self._amqp, on_frame)
-        self._reader.dispatch = on_frame
 
     def _remove_reader(self) -> None:
         if self._fd is not None:

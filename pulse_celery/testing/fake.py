@@ -54,8 +54,11 @@ class _RecordingChannel:
 class FakeQueue:
     """One queue of a :class:`FakePulseConnection`, with what happened to its messages."""
 
-    def __init__(self, name: str, bindings: tuple[Binding, ...], runner: CallbackRunner, label: str) -> None:
+    def __init__(
+        self, name: str, bindings: tuple[Binding, ...], runner: CallbackRunner, label: str, prefetch: int
+    ) -> None:
         self.name = name
+        self.prefetch = prefetch
         self.bindings = bindings
         self.state = "consuming"
         self.stats = QueueStats(name, label)
@@ -109,6 +112,10 @@ class FakeQueue:
     def wait_consuming(self, timeout: float | None = None) -> str | None:
         return None if self.state == "consuming" else f"the queue is {self.state}"
 
+    def status(self) -> dict[str, Any]:
+        """This queue's figures, as :meth:`PulseQueue.status` gives them."""
+        return self.stats.snapshot(state=self.state, prefetch=self.prefetch, in_flight=len(self._unsettled))
+
     # delivering
     def _put(self, body: bytes, properties: dict[str, Any], info: dict[str, Any]) -> None:
         if self.state in ("closed", "deleted"):
@@ -154,9 +161,30 @@ class FakePulseConnection:
     """:class:`~pulse_celery.PulseConnection`'s API, in process; :meth:`publish` delivers."""
 
     def __init__(self, user: str = "", password: str = "", url: str = "", **settings: Any) -> None:
-        self.config: PulseConfig = connection_config(user, password, url, settings)
+        self._setup(connection_config(user, password, url, settings))
+
+    @classmethod
+    def from_config(cls, config: PulseConfig) -> FakePulseConnection:
+        connection = cls.__new__(cls)
+        connection._setup(config)
+        return connection
+
+    def _setup(self, config: PulseConfig) -> None:
+        self.config = config
         self.queues: list[FakeQueue] = []
         self.closed = False
+
+    @property
+    def state(self) -> str:
+        """consuming while open (there is no connection to lose), then stopped."""
+        return "stopped" if self.closed else "consuming"
+
+    def status(self) -> dict[str, Any]:
+        """The figures of each queue, shaped as :meth:`PulseConnection.status` shapes them."""
+        return {
+            "connection": {"state": self.state, "url": self.config.safe_url()},
+            "queues": {queue.name: queue.status() for queue in self.queues},
+        }
 
     def consume(
         self,
@@ -171,6 +199,11 @@ class FakePulseConnection:
         all_messages: bool = False,
     ) -> FakeQueue:
         """Consume as :meth:`PulseConnection.consume` does (``prefetch`` has no effect here)."""
+        if self.closed:
+            raise PulseCeleryError("this fake Pulse connection is closed; make a new one")
+        window = self.config.prefetch_count if prefetch is None else int(prefetch)
+        if window < 1:
+            raise PulseCeleryError("prefetch must be at least 1 (0 would let the broker send everything)")
         spec = queue_spec(
             self.config, queue, bindings, all_messages, getattr(callback, "__name__", "consume")
         )
@@ -178,7 +211,7 @@ class FakePulseConnection:
         runner = CallbackRunner.for_config(
             self.config, callback, auto_ack=auto_ack, on_failure=on_failure, payload=payload
         )
-        fake = FakeQueue(spec.name, spec.bindings, runner, label)
+        fake = FakeQueue(spec.name, spec.bindings, runner, label, window)
         self.queues.append(fake)
         return fake
 

@@ -112,10 +112,13 @@ class PulseWorker:
                 "worker with --no-pulse"
             )
         _compat.check_worker_consumer(self.c)
+        # Celery's prefetch is known once its pool has started, not when the step is made.
+        for plan in self.plans:
+            self.engine.consumers[plan.key].prefetch = self.prefetch_for(plan)
         self._refused = False
         self.reporter.start(self.timers)
         self.handoff.start()
-        self._hold_if_needed()
+        self._hold_if_needed(quiet=True)
         self.engine.start()
 
     def stop(self) -> None:
@@ -146,10 +149,10 @@ class PulseWorker:
 
     # -- the hand-off holds consumption -------------------------------------------------------
 
-    def _hold_if_needed(self) -> None:
+    def _hold_if_needed(self, quiet: bool = False) -> None:
         if self._refused or not self.handoff.ready:
             if self.engine.held is None:
-                if not self._refused:
+                if not self._refused and not quiet:
                     logger.info("Pulse consumption waits for the hand-off connection to the Celery broker")
                 self.engine.hold(HELD)
         elif self.engine.held is not None:

@@ -310,3 +310,27 @@ def test_a_no_pulse_worker_answers_that_pulse_is_off(pulse, celery_broker, tmp_p
         assert "--no-pulse" in only_reply(control.pause(client(celery_broker), **ONE))["error"]
     finally:
         worker.stop()
+
+
+@pytest.mark.rabbitmq
+def test_a_complete_queue_takes_celerys_prefetch_and_an_enqueue_queue_the_pulse_one(
+    pulse, celery_broker, tmp_path
+):
+    # Given a prefork worker with 3 processes and a multiplier of 2, both queues under complete
+    worker = control_worker(pulse, celery_broker, tmp_path, concurrency=3, ACK_POLICY="complete")
+    worker.env["PREFETCH_MULTIPLIER"] = "2"
+    worker.start()
+    try:
+        queues = only_reply(control.status(client(celery_broker), **ONE))["queues"]
+        # Then each Pulse queue's prefetch is Celery's own: 3 x 2, known once the pool has started
+        assert {q["prefetch"] for q in queues.values()} == {6}
+    finally:
+        worker.stop()
+    # Given the same under enqueue, the hand-off's window applies
+    worker.env["ACK_POLICY"] = "enqueue"
+    worker.start()
+    try:
+        queues = only_reply(control.status(client(celery_broker), **ONE))["queues"]
+        assert {q["prefetch"] for q in queues.values()} == {200}
+    finally:
+        worker.stop()

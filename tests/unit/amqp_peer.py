@@ -162,6 +162,10 @@ class KombuConnection:
     def __init__(self, connection: amqp.Connection) -> None:
         self.connection = connection
 
+    def channel(self) -> amqp.Channel:
+        """A new channel on the next free number, as kombu's pyamqp transport opens one."""
+        return self.connection.channel()
+
     def collect(self) -> None:
         self.connection.collect()
 
@@ -324,6 +328,14 @@ def connect(heartbeat: int = 0) -> tuple[SocketConnection, Peer]:
         raise
     peer.received()
     return connection, peer
+
+
+def channel_closed_by_broker(channel: int, code: int, text: str, failed: tuple[int, int] = (0, 0)) -> bytes:
+    """The broker closes ``channel`` with ``code`` (for the method ``failed``), then answers the
+    Channel.Open py-amqp sends to reopen it at once."""
+    return method(channel, spec.Channel.Close, "BsBB", (code, text, *failed)) + method(
+        channel, spec.Channel.OpenOk, "S", ("",)
+    )
 
 
 def open_channel(connection: amqp.Connection, peer: Peer, channel_id: int) -> amqp.Channel:

@@ -428,7 +428,7 @@ def test_without_on_channel_error_a_channel_error_loses_the_connection_once_and_
 
     [exc] = wire.lost
     assert isinstance(exc, NotFound)
-    assert error_channel(exc) is None  # frames are marked with their channel only when routed
+    assert error_channel(exc) == 2
     assert not wire.loop.alive
     assert fd not in hub.readers
 
