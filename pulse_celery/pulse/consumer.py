@@ -17,14 +17,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
-from .config import PulseConfig
 from .delivery import Delivery
+from .host import Host
 from .lane import Lane
-from .loop import Timers
 from .recovery import Recovery
-from .session import Session
 from .stats import QueueStats
 from .topology import QueueSpec, anonymous_queue_name, declare, unbind_and_delete
 
@@ -34,26 +32,6 @@ logger = logging.getLogger(__name__)
 WANTS = ("consuming", "paused", "closed", "deleted")
 
 _consumer_tags = itertools.count(1)
-
-
-class Host(Protocol):
-    """What a consumer needs of the engine it runs in."""
-
-    config: PulseConfig
-    timers: Timers
-    #: the live connection's channels, while it is up
-    session: Session | None
-    #: set while every queue is held (no consumer active)
-    held: str | None
-
-    @property
-    def up(self) -> bool: ...
-
-    def soon(self, fun: Callable[[], Any]) -> None: ...
-
-    def changed(self, queues: bool = False) -> None: ...
-
-    def state(self) -> str: ...
 
 
 class QueueConsumer:

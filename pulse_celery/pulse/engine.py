@@ -30,7 +30,7 @@ from .depth import DepthMonitor
 from .diagnose import describe_error
 from .link import Link, Opener, Up
 from .loop import Timers, guarded
-from .session import Session, predeclare
+from .session import Session, opener
 from .stats import ConnectionStats
 from .topology import QueueSpec
 
@@ -131,18 +131,7 @@ class Engine:
                 wanted.append((consumer.key, consumer.spec))
         if not self.config.is_memory:
             logger.info("Connecting to Pulse at %s", self.config.safe_url())
-
-        def open() -> tuple[Connection, dict[str, Any]]:
-            connection = self._connect()
-            try:
-                declared = predeclare(connection, self.config, wanted, self.isolate)
-                return connection, {key: (spec, declared[key]) for key, spec in wanted}
-            except Exception:
-                if not self._shared:
-                    connection.collect()
-                raise
-
-        return open
+        return opener(self._connect, self.config, wanted, self.isolate, self._shared)
 
     def _on_up(self, up: Up) -> None:
         self.session = Session(up, self._ticks)

@@ -11,22 +11,35 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .diagnose import describe_error
+from .host import Host
 from .lane import Lane
 from .loop import Backoff
-
-if TYPE_CHECKING:
-    from .consumer import QueueConsumer
+from .stats import QueueStats
 
 logger = logging.getLogger(__name__)
+
+
+class Recoverable(Protocol):
+    """What recovery needs of its queue (a :class:`~pulse_celery.pulse.consumer.QueueConsumer`)."""
+
+    engine: Host
+    stats: QueueStats
+    wants: str
+    lane: Lane | None
+
+    @property
+    def name(self) -> str: ...
+
+    def activate(self) -> None: ...
 
 
 class Recovery:
     """One queue's recovery: at most one retry scheduled, with a backoff of its own."""
 
-    def __init__(self, consumer: QueueConsumer) -> None:
+    def __init__(self, consumer: Recoverable) -> None:
         self.consumer = consumer
         self.backoff = Backoff()
         self._timer: Any = None

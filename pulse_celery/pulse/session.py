@@ -3,13 +3,13 @@
 A :class:`Session` exists from a connect to the connection's loss or close. Queues take
 their channels from it (as :class:`~pulse_celery.pulse.lane.Lane`), and every call on it is
 guarded: an error of the connection is reported once, through the link, and never raised.
-:func:`predeclare` is what the connect thread does before the session starts, so the loop
+:func:`opener` is what the connect thread does before the session starts, so the loop
 never waits on those round trips.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from amqp.exceptions import ChannelError
@@ -17,36 +17,55 @@ from kombu import Connection
 
 from .config import PulseConfig
 from .lane import Lane
-from .link import Up
+from .link import Opener, Up
 from .stats import QueueStats
 from .topology import QueueSpec, declare
 from .wire import error_channel
 
 
-def predeclare(
-    connection: Connection, config: PulseConfig, specs: Iterable[tuple[str, QueueSpec]], isolate: bool
-) -> dict[str, Any]:
-    """In the connect thread: for each queue, a channel with it declared, or (``isolate``) the error.
+def opener(
+    connect: Callable[[], Connection],
+    config: PulseConfig,
+    specs: list[tuple[str, QueueSpec]],
+    isolate: bool,
+    shared: bool,
+) -> Opener:
+    """The connect thread's work: connect, then declare each queue of ``specs`` on its channel.
 
-    Without ``isolate`` a refusal fails the whole connect attempt.
+    The thread hands back, by key, the spec it declared and a channel with it declared, or
+    (``isolate``) the error; without ``isolate`` a refusal fails the whole attempt. A
+    ``shared`` connection (the Celery app's in-memory one) is never dropped here.
     """
-    declared: dict[str, Any] = {}
-    for key, spec in specs:
-        channel = connection.channel()
-        channel.auto_decode = False  # bodies stay bytes: only JSON is ever decoded, by us
+
+    def open() -> tuple[Connection, dict[str, tuple[QueueSpec, Any]]]:
+        connection = connect()
         try:
-            declare(channel, config, spec)
-        except ChannelError as exc:
-            if not isolate:
-                raise
-            try:
-                channel.close()  # py-amqp reopened it after the broker closed it
-            except Exception:
-                pass
-            declared[key] = exc
-        else:
-            declared[key] = channel
-    return declared
+            return connection, {
+                key: (spec, _declared(connection, config, spec, isolate)) for key, spec in specs
+            }
+        except Exception:
+            if not shared:
+                connection.collect()
+            raise
+
+    return open
+
+
+def _declared(connection: Connection, config: PulseConfig, spec: QueueSpec, isolate: bool) -> Any:
+    """A channel with ``spec`` declared on it, or (``isolate``) the broker's refusal."""
+    channel = connection.channel()
+    channel.auto_decode = False  # bodies stay bytes: only JSON is ever decoded, by us
+    try:
+        declare(channel, config, spec)
+    except ChannelError as exc:
+        if not isolate:
+            raise
+        try:
+            channel.close()  # py-amqp reopened it after the broker closed it
+        except Exception:
+            pass
+        return exc
+    return channel
 
 
 class Session:

@@ -17,24 +17,11 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
-    """Every node of ``tree`` except those under ``if TYPE_CHECKING:`` (never run)."""
-    nodes, todo = [], [tree]
-    while todo:
-        node = todo.pop()
-        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
-            todo.extend(node.orelse)
-            continue
-        nodes.append(node)
-        todo.extend(ast.iter_child_nodes(node))
-    return nodes
-
-
 def imports_of(path: Path) -> set[str]:
-    """Every module ``path`` imports when it runs, at any depth of its code, relative ones resolved."""
+    """Every module ``path`` imports, at any depth of its code (``if TYPE_CHECKING:`` too), resolved."""
     package = module_name(path).rsplit(".", 1)[0] if path.name != "__init__.py" else module_name(path)
     found = set()
-    for node in _runtime_nodes(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
