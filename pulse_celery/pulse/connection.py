@@ -25,6 +25,7 @@ import itertools
 import logging
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from amqp.exceptions import NotFound
@@ -54,15 +55,48 @@ def connection_config(user: str, password: str, url: str, settings: dict[str, An
     return config
 
 
-def queue_spec(
-    config: PulseConfig, queue: str | None, bindings: Iterable[Any], all_messages: bool, label: str
-) -> QueueSpec:
-    """The queue ``consume(queue, ..., bindings=...)`` means: named, or anonymous for "" and None."""
+@dataclass(frozen=True)
+class Subscription:
+    """What one ``consume(...)`` asks for, checked: the queue, the callback's runner, its prefetch."""
+
+    spec: QueueSpec
+    runner: CallbackRunner
+    #: the callback's name, for the log lines and the queue's figures
+    label: str
+    prefetch: int
+
+
+def subscription(
+    config: PulseConfig,
+    queue: str | None,
+    callback: Callback,
+    prefetch: int | None,
+    auto_ack: bool,
+    bindings: Iterable[Any],
+    on_failure: OnFailure | None,
+    payload: type | None,
+    all_messages: bool,
+) -> Subscription:
+    """Check ``consume``'s arguments (ConfigError, BindingError or PulseCeleryError with the fix).
+
+    ``queue`` is ``queue/<user>/<queue>``, or an anonymous queue for "" and None.
+    """
+    window = config.prefetch_count if prefetch is None else int(prefetch)
+    if window < 1:
+        raise PulseCeleryError("prefetch must be at least 1 (0 would let the broker send everything)")
     checked = tuple(as_binding(b, all_messages=all_messages) for b in bindings)
     if not queue:
-        return QueueSpec(anonymous_queue_name(config.user, label), checked, True, "classic")
-    name = queue_name(config.user, validate_queue_suffix(queue))
-    return QueueSpec(name, checked, False, config.queue_type)
+        short_name = getattr(callback, "__name__", "consume")
+        spec = QueueSpec(anonymous_queue_name(config.user, short_name), checked, True, "classic")
+    else:
+        spec = QueueSpec(
+            queue_name(config.user, validate_queue_suffix(queue)), checked, False, config.queue_type
+        )
+    runner = CallbackRunner.for_config(
+        config, callback, auto_ack=auto_ack, on_failure=on_failure, payload=payload
+    )
+    label = getattr(callback, "__qualname__", None) or repr(callback)
+    return Subscription(spec, runner, label, window)
 
 
 class PulseQueue:
@@ -210,19 +244,14 @@ class PulseConnection:
         """
         if self._closed:
             raise PulseCeleryError("this Pulse connection is closed; make a new one")
-        spec = queue_spec(
-            self.config, queue, bindings, all_messages, getattr(callback, "__name__", "consume")
+        sub = subscription(
+            self.config, queue, callback, prefetch, auto_ack, bindings, on_failure, payload, all_messages
         )
-        runner = CallbackRunner.for_config(
-            self.config, callback, auto_ack=auto_ack, on_failure=on_failure, payload=payload
-        )
-        key = f"anonymous-{next(_anonymous)}" if spec.anonymous else spec.name
-        label = getattr(callback, "__qualname__", None) or repr(callback)
-        window = self.config.prefetch_count if prefetch is None else int(prefetch)
-        if window < 1:
-            raise PulseCeleryError("prefetch must be at least 1 (0 would let the broker send everything)")
+        key = f"anonymous-{next(_anonymous)}" if sub.spec.anonymous else sub.spec.name
         consumer = self._call(
-            lambda: self.engine.add(key, spec, runner, window, label=label, auto_ack=auto_ack)
+            lambda: self.engine.add(
+                key, sub.spec, sub.runner, sub.prefetch, label=sub.label, auto_ack=auto_ack
+            )
         )
         return PulseQueue(self, consumer)
 

@@ -43,8 +43,6 @@ class Up:
     #: None without an event loop
     wire: LoopConnection | None
     extra: Any
-    #: True for the first connection of this link, False for a reconnect
-    first: bool
     #: seconds the link was down before this connection, or None for the first
     down_for: float | None
 
@@ -81,7 +79,6 @@ class Link:
         self.generation = 0
         self.up: Up | None = None
         self.connects = 0
-        self.losses = 0
         self._up_at = 0.0
         self._down_at: float | None = None
 
@@ -131,7 +128,7 @@ class Link:
             wire.attach()
         self.connects += 1
         down_for = None if self._down_at is None else time.monotonic() - self._down_at
-        self.up = Up(connection, wire, extra, first=self.connects == 1, down_for=down_for)
+        self.up = Up(connection, wire, extra, down_for=down_for)
         self.state = "up"
         self._up_at = time.monotonic()
         self._down_at = None
@@ -145,7 +142,6 @@ class Link:
     def _lost(self, generation: int, exc: BaseException) -> None:
         if generation != self.generation or self.state != "up":
             return
-        self.losses += 1
         if time.monotonic() - self._up_at > self.HEALTHY_AFTER:
             self.backoff.reset()
         self.up = None

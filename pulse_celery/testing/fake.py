@@ -30,7 +30,7 @@ from typing import Any
 from ..errors import PulseCeleryError
 from ..pulse.bindings import Binding
 from ..pulse.config import PulseConfig
-from ..pulse.connection import connection_config, queue_spec
+from ..pulse.connection import connection_config, subscription
 from ..pulse.delivery import Delivery
 from ..pulse.handler import Callback, CallbackRunner, OnFailure
 from ..pulse.lane import Lane
@@ -201,17 +201,10 @@ class FakePulseConnection:
         """Consume as :meth:`PulseConnection.consume` does (``prefetch`` has no effect here)."""
         if self.closed:
             raise PulseCeleryError("this fake Pulse connection is closed; make a new one")
-        window = self.config.prefetch_count if prefetch is None else int(prefetch)
-        if window < 1:
-            raise PulseCeleryError("prefetch must be at least 1 (0 would let the broker send everything)")
-        spec = queue_spec(
-            self.config, queue, bindings, all_messages, getattr(callback, "__name__", "consume")
+        sub = subscription(
+            self.config, queue, callback, prefetch, auto_ack, bindings, on_failure, payload, all_messages
         )
-        label = getattr(callback, "__qualname__", None) or repr(callback)
-        runner = CallbackRunner.for_config(
-            self.config, callback, auto_ack=auto_ack, on_failure=on_failure, payload=payload
-        )
-        fake = FakeQueue(spec.name, spec.bindings, runner, label, window)
+        fake = FakeQueue(sub.spec.name, sub.spec.bindings, sub.runner, sub.label, sub.prefetch)
         self.queues.append(fake)
         return fake
 

@@ -75,7 +75,7 @@ class PulseWorker:
         self.dispatcher = Dispatcher(app, config, c, self.handoff, self._on_handoff_failed)
         self.timers = Timers(self.hub)
         self._refused = False  # the Celery broker refused a task message: held for a while
-        self._refusal_backoff = Backoff(first=1.0, maximum=30.0)
+        self._refusal_backoff = Backoff()
         # Prometheus when pulse_metrics_port is set (checked here: fails the worker start),
         # Celery events otherwise.
         self.reporter = StatusReporter(c, config, self.status)
@@ -89,7 +89,7 @@ class PulseWorker:
                 plan.key,
                 plan,
                 partial(self.dispatcher.on_message, plan=plan),
-                self.prefetch_for(plan),
+                config.prefetch_count,  # set by start(): prefork's pool knows its size once started
                 label=plan.task_name,
             )
 
@@ -112,7 +112,6 @@ class PulseWorker:
                 "worker with --no-pulse"
             )
         _compat.check_worker_consumer(self.c)
-        # Celery's prefetch is known once its pool has started, not when the step is made.
         for plan in self.plans:
             self.engine.consumers[plan.key].prefetch = self.prefetch_for(plan)
         self._refused = False

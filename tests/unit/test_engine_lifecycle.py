@@ -91,7 +91,7 @@ class Broker:
     routed: list[tuple[int, BaseException]] = field(default_factory=list)
 
     def session(self) -> Session:
-        up = Up(connection=self.wire.connection, wire=self.wire, extra=None, first=True, down_for=None)
+        up = Up(connection=self.wire.connection, wire=self.wire, extra=None, down_for=None)
         return Session(up, ticks=None)
 
     def route(self) -> None:
