@@ -19,7 +19,7 @@ With a local RabbitMQ (``rabbitmqctl`` on this machine):
 from __future__ import annotations
 
 from ..pulse.publish import publish
-from .broker import CeleryVhost, PulseLikeBroker, queue_counts, rabbitmqctl
+from .broker import TLS_CA_CERTS, CeleryVhost, PulseLikeBroker, queue_counts, rabbitmqctl
 from .fake import FakePulseConnection, FakeQueue
 from .messages import slug, taskcluster_message, taskcluster_routing_key
 from .processes import Worker, wait_until
@@ -29,6 +29,7 @@ from .tasks import apply_task, deliver
 _rabbitmqctl = rabbitmqctl
 
 __all__ = [
+    "TLS_CA_CERTS",
     "CeleryVhost",
     "FakePulseConnection",
     "FakeQueue",

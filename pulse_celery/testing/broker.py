@@ -10,6 +10,7 @@ They need ``rabbitmqctl`` on this machine and the right to run it (root, or the 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
 from collections.abc import Iterable
@@ -17,6 +18,10 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from kombu import Connection, Exchange
+
+#: The test CA that ``scripts/rabbitmq-tls.sh`` makes for the local TLS listener (127.0.0.1:5671).
+TLS_DIR = os.environ.get("PULSE_CELERY_TLS_DIR", "/etc/rabbitmq/pulse-celery-tls")
+TLS_CA_CERTS = os.path.join(TLS_DIR, "ca.pem")
 
 
 def rabbitmqctl(*args: str) -> str:
@@ -55,6 +60,10 @@ class PulseLikeBroker:
     port: int = 5672
     admin_user: str = "guest"
     admin_password: str = "guest"
+    #: Connect the app over TLS (``amqps://localhost:5671``), verifying the certificate and the
+    #: host name against :data:`TLS_CA_CERTS`, as a user of production Pulse does.
+    tls: bool = False
+    tls_port: int = 5671
 
     def setup(self, exchanges: Iterable[str] = ()) -> PulseLikeBroker:
         rabbitmqctl("add_vhost", self.vhost)
@@ -77,11 +86,23 @@ class PulseLikeBroker:
 
     @property
     def url(self) -> str:
-        """The Pulse URL for the restricted user, credentials URL-encoded."""
+        """The Pulse URL for the restricted user, credentials URL-encoded (``amqps://`` if :attr:`tls`)."""
+        if self.tls:
+            scheme, host, port = "amqps", "localhost", self.tls_port
+        else:
+            scheme, host, port = "amqp", self.host, self.port
         return (
-            f"amqp://{quote(self.user, safe='')}:{quote(self.password, safe='')}@"
-            f"{self.host}:{self.port}/{quote(self.vhost, safe='')}"
+            f"{scheme}://{quote(self.user, safe='')}:{quote(self.password, safe='')}@"
+            f"{host}:{port}/{quote(self.vhost, safe='')}"
         )
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment that points an app at this broker: ``PULSE_URL``, and the CA under TLS."""
+        env = {"PULSE_URL": self.url}
+        if self.tls:
+            env["PULSE_SSL_CA_CERTS"] = TLS_CA_CERTS
+        return env
 
     def admin_connection(self) -> Connection:
         """A connection with full rights on the vhost; publishes on it wait for the confirm."""
