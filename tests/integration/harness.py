@@ -47,7 +47,7 @@ def app_worker(
         app,
         cwd=APPS,
         env={
-            "PULSE_URL": pulse.url,
+            **pulse.env,
             "CELERY_BROKER_URL": celery_broker.url,
             "RECORD": str(tmp_path / "records.jsonl"),
             **{k: str(v) for k, v in env.items()},

@@ -6,10 +6,11 @@ import select
 import socket
 import threading
 import time
+from typing import Any
 
 
 class TcpProxy:
-    """Forward ``127.0.0.1:<port>`` to ``target``.
+    """Forward ``<listen>:<port>`` (127.0.0.1 by default) to ``target``.
 
     ``cut()`` closes every forwarded connection and refuses new ones, as a stopped broker
     would; ``freeze()`` keeps the connections open but forwards nothing, in either direction,
@@ -17,11 +18,12 @@ class TcpProxy:
     ``restore()`` forwards again.
     """
 
-    def __init__(self, target: tuple[str, int] = ("127.0.0.1", 5672)) -> None:
+    def __init__(self, target: tuple[str, int] = ("127.0.0.1", 5672), listen: str = "127.0.0.1") -> None:
         self.target = target
+        self.listen = listen
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
+        self.listener.bind((listen, 0))
         self.listener.listen(64)
         self.port = self.listener.getsockname()[1]
         self.mode = "pass"
@@ -31,11 +33,17 @@ class TcpProxy:
         self._threads = [threading.Thread(target=self._accept_loop, daemon=True)]
         self._threads[0].start()
 
-    def url(self, user: str, password: str, vhost: str) -> str:
+    def url(self, user: str, password: str, vhost: str, tls: bool = False, host: str | None = None) -> str:
+        """A URL through the proxy; ``tls`` gives ``amqps://`` (to ``localhost``, the certificate's name)."""
         from urllib.parse import quote
 
         credentials = f"{quote(user, safe='')}:{quote(password, safe='')}"
-        return f"amqp://{credentials}@127.0.0.1:{self.port}/{quote(vhost, safe='')}"
+        host = host or ("localhost" if tls and self.listen == "127.0.0.1" else self.listen)
+        return f"{'amqps' if tls else 'amqp'}://{credentials}@{host}:{self.port}/{quote(vhost, safe='')}"
+
+    def pulse_url(self, pulse: Any) -> str:
+        """``pulse``'s URL (a PulseLikeBroker), through the proxy, over TLS if ``pulse`` uses TLS."""
+        return self.url(pulse.user, pulse.password, pulse.vhost, tls=pulse.tls)
 
     def cut(self) -> None:
         self.mode = "cut"

@@ -25,6 +25,7 @@ N_EACH = 150  # per exchange; plus events the bindings must not take
 @pytest.mark.rabbitmq
 @pytest.mark.parametrize("pool", ["prefork", "threads", "solo"])
 @pytest.mark.parametrize("policy", ["enqueue", "complete"])
+@pytest.mark.parametrize("pulse", ["plain", "tls"], indirect=True)
 def test_every_event_invokes_the_task_exactly_once_and_the_queue_ends_empty(
     pulse, celery_broker, tmp_path, pool, policy
 ):
@@ -33,7 +34,7 @@ def test_every_event_invokes_the_task_exactly_once_and_the_queue_ends_empty(
         "app",
         cwd=EXAMPLE,
         env={
-            "PULSE_URL": pulse.url,
+            **pulse.env,
             "CELERY_BROKER_URL": celery_broker.url,
             "BUILDS_ACK_POLICY": policy,
             "BUILDS_LOG": str(records),

@@ -44,6 +44,7 @@ def restart_broker() -> None:
 
 @pytest.mark.rabbitmq
 @pytest.mark.parametrize("policy", ["enqueue", "complete"])
+@pytest.mark.parametrize("pulse", ["plain", "tls"], indirect=True)
 def test_broker_restart_mid_stream_loses_nothing(pulse, celery_broker, tmp_path, policy):
     # Given a worker consuming a steady stream
     worker = faults_worker(pulse, celery_broker, tmp_path, ACK_POLICY=policy, PULSE_HEARTBEAT=5).start()
@@ -62,6 +63,7 @@ def test_broker_restart_mid_stream_loses_nothing(pulse, celery_broker, tmp_path,
 
 
 @pytest.mark.rabbitmq
+@pytest.mark.parametrize("pulse", ["plain", "tls"], indirect=True)
 def test_connections_closed_ten_times_during_a_thousand_messages_loses_nothing(
     pulse, celery_broker, tmp_path
 ):
@@ -84,6 +86,14 @@ def test_connections_closed_ten_times_during_a_thousand_messages_loses_nothing(
 @pytest.fixture
 def proxy():
     p = TcpProxy()
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def pulse_proxy(pulse):
+    """A proxy to ``pulse``'s listener: 5671 under TLS, 5672 otherwise."""
+    p = TcpProxy(target=("127.0.0.1", pulse.tls_port if pulse.tls else pulse.port))
     yield p
     p.close()
 
@@ -116,12 +126,14 @@ def test_celery_broker_down_while_pulse_keeps_publishing_loses_nothing(pulse, ce
 
 
 @pytest.mark.rabbitmq
+@pytest.mark.parametrize("pulse", ["plain", "tls"], indirect=True)
 def test_pulse_frozen_for_three_heartbeat_intervals_is_detected_and_nothing_is_lost(
-    pulse, celery_broker, tmp_path, proxy
+    pulse, celery_broker, tmp_path, pulse_proxy
 ):
+    proxy = pulse_proxy
     # Given a worker whose Pulse connection goes through a proxy, with 2 s heartbeats
     worker = faults_worker(pulse, celery_broker, tmp_path, PULSE_HEARTBEAT=2, PULSE_CONNECT_TIMEOUT=3)
-    worker.env["PULSE_URL"] = proxy.url(pulse.user, pulse.password, pulse.vhost)
+    worker.env["PULSE_URL"] = proxy.pulse_url(pulse)
     worker.start()
     try:
         publish_ids(pulse, range(50))
@@ -141,6 +153,7 @@ def test_pulse_frozen_for_three_heartbeat_intervals_is_detected_and_nothing_is_l
 
 
 @pytest.mark.rabbitmq
+@pytest.mark.parametrize("pulse", ["plain", "tls"], indirect=True)
 def test_sigkill_with_200_messages_in_flight_under_complete_loses_nothing(pulse, celery_broker, tmp_path):
     # Given 200 deliveries held by the worker at once (2 processes x prefetch multiplier 100)
     worker = faults_worker(
