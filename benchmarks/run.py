@@ -8,12 +8,14 @@ See benchmarks/README.md for what each figure means and how to read the output.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
 import select
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -31,7 +33,14 @@ import amqp
 from celery import Celery
 from kombu import Connection, Consumer, Queue
 
-from pulse_celery.testing import PulseLikeBroker, Worker, queue_counts, rabbitmqctl, taskcluster_message
+from pulse_celery.testing import (
+    TLS_CA_CERTS,
+    PulseLikeBroker,
+    Worker,
+    queue_counts,
+    rabbitmqctl,
+    taskcluster_message,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -43,7 +52,20 @@ IDLE_QUEUE = "bench.nobody"  # a Celery queue nobody publishes to (enqueue worke
 PULSE_PREFETCH = 200  # pulse_prefetch_count's default: what an enqueue worker may hold unacked
 SAMPLER_START = 3.0  # seconds the in-broker depth sampler gets to start before publishing
 POLL = 0.01  # seconds between two passive queue_declare polls
-ALL_PHASES = ("ceiling", "bare", "handwritten", "enqueue", "complete", "celery")
+ALL_PHASES = (
+    "ceiling",
+    "bare",
+    "handwritten",
+    "enqueue",
+    "complete",
+    "celery",
+    "ceiling-tls",
+    "enqueue-tls",
+    "complete-tls",
+)
+#: The TLS phases: the same work as their plain twins, with the Pulse side over amqps://localhost:5671
+#: (scripts/rabbitmq-tls.sh), the certificate and host name verified against the test CA.
+TLS_TWINS = {"ceiling-tls": "ceiling", "enqueue-tls": "enqueue", "complete-tls": "complete"}
 LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): ")
 
 # Targets from issue 4.
@@ -53,6 +75,8 @@ T_COMPLETE_VS_CELERY = 0.9
 T_RSS_MB = 50.0
 T_DEPTH = 200
 T_DEPTH_RATE = 1000
+# Target from issue 12: production Pulse is TLS only.
+T_ENQUEUE_TLS_VS_PLAIN = 0.9
 # The ceiling the issue measured on its 2-core machine, where 1,000 msg/s was the offered rate.
 # On a slower or faster machine the latency phase also runs at 1,000 x ceiling / 9,000 (info).
 REFERENCE_CEILING = 9000
@@ -109,6 +133,10 @@ class Brokers:
         app = Celery(name, broker=self.celery_url)
         app.conf.task_default_queue_type = self.celery_queue_type
         return app
+
+    def pulse_over(self, tls: bool) -> PulseLikeBroker:
+        """The Pulse-like broker as the app sees it: over TLS (amqps://localhost:5671) or plain."""
+        return dataclasses.replace(self.pulse, tls=tls)
 
     def pulse_queue(self, suffix: str) -> str:
         """Declare queue/<user>/<suffix> exactly as pulse_celery does, bound as bench_app binds it."""
@@ -280,10 +308,11 @@ def start_worker(
     concurrency: int,
     only_idle_queue: bool,
     record: Path | None = None,
+    tls: bool = False,
 ) -> Worker:
     env = {
         "CELERY_BROKER_URL": brokers.celery_url,
-        "PULSE_URL": brokers.pulse.url,
+        **brokers.pulse_over(tls).env,
         "BENCH_POLICY": policy,
         "BENCH_QUEUE": queue,
         "BENCH_QUEUE_TYPE": brokers.queue_type,
@@ -491,9 +520,14 @@ class Profiler:
 # -- phases --------------------------------------------------------------------------
 
 
-def consume_timed(brokers: Brokers, queue: str, on_message: Any, more: Any, prefetch: int) -> float:
+def consume_timed(
+    brokers: Brokers, queue: str, on_message: Any, more: Any, prefetch: int, tls: bool = False
+) -> float:
     """Consume ``queue`` with a plain kombu consumer while ``more()``; return the seconds taken."""
-    with Connection(brokers.pulse.url) as conn:
+    options: Any = False
+    if tls:  # verified as pulse_celery verifies: the test CA, the host name
+        options = {"ca_certs": TLS_CA_CERTS, "cert_reqs": ssl.CERT_REQUIRED, "server_hostname": "localhost"}
+    with Connection(brokers.pulse_over(tls).url, ssl=options) as conn:
         ch = conn.channel()
         ch.basic_qos(0, prefetch, False)
         consumer = Consumer(ch, queues=[Queue(queue, no_declare=True)], on_message=on_message)
@@ -506,7 +540,7 @@ def consume_timed(brokers: Brokers, queue: str, on_message: Any, more: Any, pref
     return elapsed
 
 
-def phase_ceiling(brokers: Brokers, messages: list, prefetch: int = 200) -> float:
+def phase_ceiling(brokers: Brokers, messages: list, prefetch: int = 200, tls: bool = False) -> float:
     """A bare kombu consumer on the Pulse queue that acks each message and does nothing else."""
     queue = brokers.pulse_queue("bench-ceiling")
     prefill_pulse(brokers, messages, queue)
@@ -519,11 +553,11 @@ def phase_ceiling(brokers: Brokers, messages: list, prefetch: int = 200) -> floa
         count += 1
 
     cpu = CpuMeter(os.getpid(), "consumer (this process)")
-    elapsed = consume_timed(brokers, queue, on_message, lambda: count < n, prefetch)
+    elapsed = consume_timed(brokers, queue, on_message, lambda: count < n, prefetch, tls)
     cpu.stop()
     ok, counts = verify_empty(lambda: brokers.pulse_counts(queue))
     brokers.delete_pulse_queue(queue)
-    return report_rate("ceiling", n, elapsed, ok, counts, cpu.report(n))
+    return report_rate("ceiling-tls" if tls else "ceiling", n, elapsed, ok, counts, cpu.report(n))
 
 
 def phase_bare(brokers: Brokers, messages: list) -> float:
@@ -638,17 +672,20 @@ def phase_handwritten(brokers: Brokers, messages: list, prefetch: int = 200) -> 
     return report_rate("handwritten", n, elapsed, ok, counts, extra)
 
 
-def phase_enqueue(brokers: Brokers, messages: list, workdir: Path, concurrency: int, profile: bool) -> float:
+def phase_enqueue(
+    brokers: Brokers, messages: list, workdir: Path, concurrency: int, profile: bool, tls: bool = False
+) -> float:
     """pulse_celery enqueue in a real worker that consumes only Pulse (-Q names an idle queue)."""
+    name = "enqueue-tls" if tls else "enqueue"
     queue = brokers.pulse_queue("bench-enqueue")
     prefill_pulse(brokers, messages, queue)
     brokers.purge_celery()
     n = len(messages)
-    worker = start_worker(brokers, workdir, "enqueue", "enqueue", "bench-enqueue", concurrency, True)
+    worker = start_worker(brokers, workdir, name, "enqueue", "bench-enqueue", concurrency, True, tls=tls)
     profiler = None
     if profile:
         time.sleep(0.3)  # let the interpreter come up before py-spy attaches
-        profiler = Profiler(worker.process.pid, workdir / "enqueue.pyspy.txt")
+        profiler = Profiler(worker.process.pid, workdir / f"{name}.pyspy.txt")
     start = log_time(worker, "Connected to Pulse")
     cpu = CpuMeter(worker.process.pid)
     drained = wait_until(
@@ -664,10 +701,10 @@ def phase_enqueue(brokers: Brokers, messages: list, workdir: Path, concurrency: 
     brokers.delete_pulse_queue(queue)
     brokers.purge_celery()
     if not drained:
-        print(f"  enqueue: did not drain within {drain_timeout(n):.0f} s ({worker.log_path})")
+        print(f"  {name}: did not drain within {drain_timeout(n):.0f} s ({worker.log_path})")
         return 0.0
     return report_rate(
-        "enqueue",
+        name,
         n,
         end - start,
         ok and handed == n,
@@ -676,17 +713,20 @@ def phase_enqueue(brokers: Brokers, messages: list, workdir: Path, concurrency: 
     )
 
 
-def phase_complete(brokers: Brokers, messages: list, workdir: Path, concurrency: int, profile: bool) -> float:
+def phase_complete(
+    brokers: Brokers, messages: list, workdir: Path, concurrency: int, profile: bool, tls: bool = False
+) -> float:
     """pulse_celery complete: the no-op task runs in this worker's prefork pool."""
+    name = "complete-tls" if tls else "complete"
     queue = brokers.pulse_queue("bench-complete")
     prefill_pulse(brokers, messages, queue)
     brokers.purge_celery()
     n = len(messages)
-    worker = start_worker(brokers, workdir, "complete", "complete", "bench-complete", concurrency, False)
+    worker = start_worker(brokers, workdir, name, "complete", "bench-complete", concurrency, False, tls=tls)
     profiler = None
     if profile:
         time.sleep(0.3)  # let the interpreter come up before py-spy attaches
-        profiler = Profiler(worker.process.pid, workdir / "complete.pyspy.txt")
+        profiler = Profiler(worker.process.pid, workdir / f"{name}.pyspy.txt")
     start = log_time(worker, "Connected to Pulse")
     cpu = CpuMeter(worker.process.pid)
     drained = wait_until(lambda: brokers.pulse_ready(queue) == 0, drain_timeout(n))
@@ -698,9 +738,9 @@ def phase_complete(brokers: Brokers, messages: list, workdir: Path, concurrency:
     stop_worker(worker)
     brokers.delete_pulse_queue(queue)
     if not drained:
-        print(f"  complete: did not drain within {drain_timeout(n):.0f} s ({worker.log_path})")
+        print(f"  {name}: did not drain within {drain_timeout(n):.0f} s ({worker.log_path})")
         return 0.0
-    return report_rate("complete", n, end - start, ok, counts, cpu_use)
+    return report_rate(name, n, end - start, ok, counts, cpu_use)
 
 
 def phase_celery(brokers: Brokers, messages: list, workdir: Path, concurrency: int, profile: bool) -> float:
@@ -1033,6 +1073,20 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def round_order(phases: list[str], round_number: int) -> list[str]:
+    """The phases of one round: each TLS phase beside its plain twin, the twin first in odd rounds.
+
+    Side by side, so that both see the same machine; swapped every round, so that neither
+    always runs second (a second slot ran faster in the engine-split series).
+    """
+    order: list[str] = []
+    for name in ("ceiling", "bare", "handwritten", "enqueue", "celery", "complete"):
+        tls_name = f"{name}-tls"
+        pair = [p for p in (name, tls_name) if p in phases]
+        order += pair if round_number % 2 else pair[::-1]
+    return order
+
+
 def main(argv: Iterable[str] | None = None) -> int:
     args = parse_args(argv)
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
@@ -1079,27 +1133,26 @@ def main(argv: Iterable[str] | None = None) -> int:
             "3 CC routes"
         )
         sys.stdout.flush()
+        run_phase: dict[str, Callable[[], float]] = {
+            "ceiling": lambda: phase_ceiling(brokers, messages),
+            "ceiling-tls": lambda: phase_ceiling(brokers, messages, tls=True),
+            "bare": lambda: phase_bare(brokers, messages),
+            "handwritten": lambda: phase_handwritten(brokers, messages),
+            "enqueue": lambda: phase_enqueue(brokers, messages, workdir, args.concurrency, args.py_spy),
+            "enqueue-tls": lambda: phase_enqueue(
+                brokers, messages, workdir, args.concurrency, args.py_spy, tls=True
+            ),
+            "celery": lambda: phase_celery(brokers, messages, workdir, args.concurrency, args.py_spy),
+            "complete": lambda: phase_complete(brokers, messages, workdir, args.concurrency, args.py_spy),
+            "complete-tls": lambda: phase_complete(
+                brokers, messages, workdir, args.concurrency, args.py_spy, tls=True
+            ),
+        }
         for round_number in range(1, args.rounds + 1):
             if args.rounds > 1:
                 print(f"round {round_number} of {args.rounds}")
-            if "ceiling" in phases:
-                runs.setdefault("ceiling", []).append(phase_ceiling(brokers, messages))
-            if "bare" in phases:
-                runs.setdefault("bare", []).append(phase_bare(brokers, messages))
-            if "handwritten" in phases:
-                runs.setdefault("handwritten", []).append(phase_handwritten(brokers, messages))
-            if "enqueue" in phases:
-                runs.setdefault("enqueue", []).append(
-                    phase_enqueue(brokers, messages, workdir, args.concurrency, args.py_spy)
-                )
-            if "celery" in phases:
-                runs.setdefault("celery", []).append(
-                    phase_celery(brokers, messages, workdir, args.concurrency, args.py_spy)
-                )
-            if "complete" in phases:
-                runs.setdefault("complete", []).append(
-                    phase_complete(brokers, messages, workdir, args.concurrency, args.py_spy)
-                )
+            for name in round_order(phases, round_number):
+                runs.setdefault(name, []).append(run_phase[name]())
         # The median of the rounds: one slow or fast round (another process on the machine,
         # a quorum-queue snapshot) moves no figure.
         rates = {name: statistics.median(values) for name, values in runs.items()}
@@ -1146,7 +1199,15 @@ def main(argv: Iterable[str] | None = None) -> int:
         "complete": f"4b pulse_celery complete: no-op task, prefork -c {args.concurrency}",
     }
     ceiling = rates.get("ceiling")
-    for key in ("ceiling", "bare", "handwritten", "enqueue", "celery", "complete"):
+    labels.update(
+        {
+            "ceiling-tls": "1t ceiling over TLS (amqps://, verified)",
+            "enqueue-tls": "3t pulse_celery enqueue, Pulse over TLS",
+            "complete-tls": "4t pulse_celery complete, Pulse over TLS",
+        }
+    )
+    shown = ("ceiling", "ceiling-tls", "bare", "handwritten", "enqueue", "enqueue-tls", "celery", "complete")
+    for key in (*shown, "complete-tls"):
         if key in rates:
             each = ", ".join(f"{value:,.0f}" for value in runs[key]) if args.rounds > 1 else ""
             print(
@@ -1185,6 +1246,22 @@ def main(argv: Iterable[str] | None = None) -> int:
         line(
             r is not None and r >= T_COMPLETE_VS_CELERY,
             f"complete / Celery's own = {fmt_ratio(r)} (target >= {T_COMPLETE_VS_CELERY:g}x)",
+        )
+    if any(name in rates for name in TLS_TWINS):
+        print(
+            "  info  TLS / plain, side by side: "
+            + "; ".join(
+                f"{plain} {fmt_ratio(ratio(rates.get(tls), rates.get(plain)))}"
+                for tls, plain in TLS_TWINS.items()
+                if tls in rates
+            )
+        )
+    r = ratio(rates.get("enqueue-tls"), rates.get("enqueue"))
+    if r is not None or ("enqueue-tls" in phases and "enqueue" in phases):
+        line(
+            r is not None and r >= T_ENQUEUE_TLS_VS_PLAIN,
+            f"enqueue over TLS / enqueue plain = {fmt_ratio(r)} "
+            f"(target >= {T_ENQUEUE_TLS_VS_PLAIN:g}x, issue 12)",
         )
     if rss is not None:
         delta = rss["peak_main_mb"] - rss["idle_main_mb"]

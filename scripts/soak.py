@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Long soak test of pulse_celery under real faults, kept out of CI.
 
-    python scripts/soak.py --minutes 60 --policy enqueue
+    python scripts/soak.py --minutes 60 --policy enqueue [--tls]
 
 It makes a fresh Pulse-like vhost and user (Guardian's permissions, Taskcluster's
 task-completed exchange) and a fresh Celery vhost on the local RabbitMQ, starts one
 ``tests/integration/apps/faults_app`` worker, and for ``--minutes`` offers ``--rate``
 Taskcluster-shaped messages a second, each with a unique ``id``. The publisher retries every
 message until the broker confirms it, as a real Pulse publisher does, so it rides out broker
-restarts. Every ``--fault-every MIN MAX`` seconds (uniform, seeded) it injects one real fault:
+restarts. With ``--tls`` the worker reaches Pulse as production Pulse is reached: over
+``amqps://localhost:5671`` (scripts/rabbitmq-tls.sh), verifying the certificate and host name
+against the test CA. Every ``--fault-every MIN MAX`` seconds (uniform, seeded) it injects one real fault:
 
 - ``close_all_connections``: ``rabbitmqctl close_all_connections --global`` (every connection on
   the node, those of other users of this RabbitMQ too);
@@ -94,6 +96,13 @@ def ctl(*args: str, timeout: float = 120) -> str:
 
 class Interrupted(Exception):
     """Ctrl-C, SIGTERM or the hard stop."""
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,24 +308,31 @@ class Soak:
         self.final_stop_code: int | None = None
         self.worker_log_errors: Counter[str] = Counter()
         self.interrupted: str | None = None
+        #: RSS samples (main process + pool children, MB) per worker pid, in order
+        self.rss: dict[int, list[tuple[float, float]]] = {}
 
     # ---------------------------------------------------------------- setup and teardown
 
     def setup(self) -> None:
         log(f"work directory (worker log, task records): {self.workdir}")
         self._warn_about_other_users()
-        self.pulse = PulseLikeBroker(host=LOOPBACK)
+        self.pulse = PulseLikeBroker(host=LOOPBACK, tls=self.args.tls)
         log(f"creating Pulse-like vhost {self.pulse.vhost} and user {self.pulse.user}")
         self.pulse.setup([TASK_COMPLETED])
         self.queue = f"queue/{self.pulse.user}/faults"
         self.celery = CeleryVhost()
-        assert f"@{LOOPBACK}:" in self.celery.url and f"@{LOOPBACK}:" in self.pulse.url
+        pulse_host = "localhost" if self.args.tls else LOOPBACK
+        assert f"@{LOOPBACK}:" in self.celery.url and f"@{pulse_host}:" in self.pulse.url
+        log(
+            f"the worker reaches Pulse at {self.pulse.url.split('@')[1]}"
+            + (" (TLS, verified)" if self.args.tls else "")
+        )
         log(f"created Celery vhost {self.celery.name}")
         self.worker = Worker(
             "faults_app",
             cwd=APPS,
             env={
-                "PULSE_URL": self.pulse.url,
+                **self.pulse.env,
                 "CELERY_BROKER_URL": self.celery.url,
                 "RECORD": str(self.records.path),
                 "ACK_POLICY": self.args.policy,
@@ -523,11 +539,40 @@ class Soak:
             counts = f"unavailable ({type(exc).__name__})"
         published = self.publisher.confirmed
         handled = sum(1 for i in self.records.done if isinstance(i, int) and i < published)
+        rss = self.sample_rss()
         log(
             f"progress: published {published}, handled {handled} (backlog {published - handled}), "
             f"done records {sum(self.records.done.values())}, Pulse queue (ready, unacked) {counts}, "
             f"publisher failed attempts {self.publisher.failed_attempts}, "
             f"worker {'alive' if self.worker and self.worker.alive else 'DOWN'}"
+            + (f", RSS {rss:.1f} MB" if rss is not None else "")
+        )
+
+    def sample_rss(self) -> float | None:
+        """The worker's RSS now (main process and pool children, MB), recorded under its pid."""
+        if self.worker is None or self.worker.process is None or not self.worker.alive:
+            return None
+        pid = self.worker.process.pid
+        try:
+            kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            total = sum(rss_kb(p) for p in [pid, *map(int, kids)]) / 1024
+        except OSError:
+            return None
+        self.rss.setdefault(pid, []).append((time.monotonic() - T0, total))
+        return total
+
+    def rss_summary(self) -> str:
+        """First and last RSS of the first and the last worker process, and of the longest-lived one."""
+        if not self.rss:
+            return "no samples"
+        lives = list(self.rss.values())
+        first, last = lives[0], lives[-1]
+        longest = max(lives, key=lambda samples: samples[-1][0] - samples[0][0])
+        return (
+            f"start {first[0][1]:.1f} MB (+{first[0][0]:.0f}s), "
+            f"end {last[-1][1]:.1f} MB (+{last[-1][0]:.0f}s); "
+            f"longest-lived process ({longest[-1][0] - longest[0][0]:.0f} s): {longest[0][1]:.1f} -> "
+            f"{longest[-1][1]:.1f} MB; {len(lives)} worker processes sampled (main + pool children)"
         )
 
     def run(self) -> None:
@@ -602,6 +647,7 @@ class Soak:
         self.final_counts = self.pulse.queue_counts(self.queue)
         self.celery_queues = self._celery_queue_counts()
         self.worker_alive_at_end = self.worker.alive
+        self.sample_rss()  # the end figure: the worker as the run leaves it
         self.worker_down_on_purpose = True
         log("stopping the worker (warm shutdown)")
         try:
@@ -695,6 +741,7 @@ class Soak:
         )
         if self.warm_stops:
             print(f"warm shutdowns (fault): {[(w, c, round(s, 1)) for w, c, s in self.warm_stops]}")
+        print(f"worker RSS:            {self.rss_summary()}")
         print(f"final warm shutdown:   exit status {self.final_stop_code}")
         print(
             f"worker log:            {dict(self.worker_log_errors) or 'no ERROR/Traceback lines'} "
@@ -748,6 +795,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds between faults, uniform in [MIN, MAX] (default 30 120)",
     )
     parser.add_argument("--seed", type=int, default=None, help="seed of the fault schedule")
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="the worker reaches Pulse over amqps://localhost:5671, verified (scripts/rabbitmq-tls.sh)",
+    )
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.rate <= 0:
         parser.error("--minutes and --rate must be positive")

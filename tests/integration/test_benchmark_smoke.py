@@ -17,7 +17,7 @@ from .harness import ROOT
 pytestmark = pytest.mark.rabbitmq
 
 
-def test_every_benchmark_phase_runs_and_drains_its_queue():
+def test_every_benchmark_phase_runs_and_drains_its_queue(tls_listener):
     result = subprocess.run(
         [sys.executable, "benchmarks/run.py", "--n", "300", "--rounds", "1", "--latency-seconds", "2"],
         cwd=ROOT,
@@ -31,6 +31,11 @@ def test_every_benchmark_phase_runs_and_drains_its_queue():
         line = re.search(rf"^  {phase}: .*$", out, re.MULTILINE)
         assert line is not None, out
         assert "verified 0 ready / 0 unacked" in line.group(0), line.group(0)
+    for phase in ("ceiling-tls", "enqueue-tls", "complete-tls"):  # Pulse over amqps://, verified
+        line = re.search(rf"^  {phase}: .*$", out, re.MULTILINE)
+        assert line is not None, out
+        assert "verified 0 ready / 0 unacked" in line.group(0), line.group(0)
+    assert re.search(r"enqueue over TLS / enqueue plain = \d+\.\d\dx \(target >= 0\.9x", out), out
     handed = r"task messages on the Celery broker: 300 \(expected 300\)"
     for phase in ("bare", "enqueue"):
         assert re.search(rf"^  {phase}: .*{handed}", out, re.MULTILINE), out
