@@ -39,6 +39,10 @@ MAX_FRAMES_PER_READ = 256
 #: frame each time it takes one from its buffer, so a larger read costs more than it saves.
 READ_AHEAD = 16384
 
+#: Bytes read ahead per readable event on a TLS socket. Each read call yields one TLS record
+#: (about 1.7 KB from RabbitMQ in the benchmark), so a larger limit saves turns of the loop.
+READ_AHEAD_TLS = 65536
+
 _FRAME_HEADER = struct.Struct(">BHI")
 
 #: Attribute set on a channel error raised while a frame of that channel was handled.
@@ -134,6 +138,8 @@ class FrameReader:
         #: the buffer :meth:`read` is cutting frames from, and how far it got
         self._parsing: bytes | None = None
         self._parsed = 0
+        #: where TLS records are read into (made at the first TLS read)
+        self._tls_buffer: memoryview | None = None
 
     def read(self, receive: bool, alive: Callable[[], bool]) -> bool:
         """Receive (if asked) and handle complete frames; return True if one more is buffered."""
@@ -184,33 +190,35 @@ class FrameReader:
     def _receive_tls(self) -> bytes:
         """Read the TLS records that can be read now, without blocking (the socket is made so briefly).
 
-        Each ``recv`` gives at most one TLS record (16 KiB of plaintext), so it reads until the
-        TLS layer would block, or :data:`READ_AHEAD` bytes came. An end of stream behind data
-        is remembered, and reported at the next read, after that data is handled.
+        Each ``recv_into`` gives at most one TLS record (RabbitMQ sent about two deliveries per
+        record in the benchmark), so it reads until the TLS layer would block, or
+        :data:`READ_AHEAD_TLS` bytes came, into one buffer kept for the connection. An end of
+        stream behind data is remembered, and reported at the next read, after that data is
+        handled.
         """
         if self._eof:
             raise ConnectionResetError(f"{self.name}: the broker closed the connection")
         sock = self.transport.sock
+        if self._tls_buffer is None:
+            self._tls_buffer = memoryview(bytearray(READ_AHEAD_TLS))
+        view, size = self._tls_buffer, 0
         timeout = sock.gettimeout()
         sock.settimeout(0)
-        parts: list[bytes] = []
-        size = 0
         try:
-            while size < READ_AHEAD:
+            while size < READ_AHEAD_TLS:
                 try:
-                    chunk = sock.recv(READ_AHEAD)
+                    got = sock.recv_into(view[size:])
                 except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
                     break
-                if not chunk:
-                    if not parts:
+                if not got:
+                    if not size:
                         raise ConnectionResetError(f"{self.name}: the broker closed the connection")
                     self._eof = True
                     break
-                parts.append(chunk)
-                size += len(chunk)
+                size += got
         finally:
             sock.settimeout(timeout)
-        return b"".join(parts)
+        return bytes(view[:size])
 
     def pending(self) -> bool:
         """More to read where poll() cannot see it: inside the TLS layer, or the stream's end."""

@@ -51,7 +51,12 @@ from amqp_peer import (
 from kombu.asynchronous import Hub
 
 from pulse_celery import _compat
-from pulse_celery.pulse.wire import MAX_FRAMES_PER_READ, READ_AHEAD, LoopConnection, error_channel
+from pulse_celery.pulse.wire import (
+    MAX_FRAMES_PER_READ,
+    READ_AHEAD_TLS,
+    LoopConnection,
+    error_channel,
+)
 
 CONSUMER_TAG = "ctag"
 
@@ -729,7 +734,7 @@ def test_more_bytes_than_one_read_ahead_in_many_tls_records_are_all_delivered_in
     wire, peer = tls_wire, tls_peer(tls_wire)
     tags = list(range(1, 301))
     data = b"".join(delivery(1, CONSUMER_TAG, tag, long_body(tag)) for tag in tags)
-    assert len(data) > 4 * READ_AHEAD  # records of 16 KiB, frames cut across them
+    assert len(data) > READ_AHEAD_TLS  # records of 16 KiB, frames cut across them
     peer.send(data)
 
     wire.readable()
