@@ -13,13 +13,16 @@ With a local RabbitMQ (``rabbitmqctl`` on this machine):
 * :class:`PulseLikeBroker`: a vhost and a user with exactly Pulse Guardian's permissions;
 * :class:`CeleryVhost`: a fresh vhost for a Celery broker;
 * :func:`publish`: send a Pulse-shaped message (JSON, CC routes);
-* :class:`Worker`: a real ``celery worker`` process, with its log.
+* :class:`Worker`: a real ``celery worker`` process, with its log;
+* :class:`RabbitNode` and :class:`RabbitCluster`: more RabbitMQ nodes on this machine (alone,
+  or three joined into a cluster), to stop, kill and fail on purpose.
 """
 
 from __future__ import annotations
 
 from ..pulse.publish import publish
 from .broker import TLS_CA_CERTS, CeleryVhost, PulseLikeBroker, queue_counts, rabbitmqctl
+from .cluster import QueueInfo, RabbitCluster, RabbitNode
 from .fake import FakePulseConnection, FakeQueue
 from .messages import slug, taskcluster_message, taskcluster_routing_key
 from .processes import Worker, wait_until
@@ -34,6 +37,9 @@ __all__ = [
     "FakePulseConnection",
     "FakeQueue",
     "PulseLikeBroker",
+    "QueueInfo",
+    "RabbitCluster",
+    "RabbitNode",
     "Worker",
     "apply_task",
     "deliver",

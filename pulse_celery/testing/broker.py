@@ -24,19 +24,28 @@ TLS_DIR = os.environ.get("PULSE_CELERY_TLS_DIR", "/etc/rabbitmq/pulse-celery-tls
 TLS_CA_CERTS = os.path.join(TLS_DIR, "ca.pem")
 
 
-def rabbitmqctl(*args: str) -> str:
-    """Run ``rabbitmqctl -q ARGS`` on the local node; RuntimeError with its message if it fails."""
+def rabbitmqctl(*args: str, node: str | None = None, timeout: float = 120) -> str:
+    """Run ``rabbitmqctl -q ARGS`` on the local node, or on ``node`` (``-n``).
+
+    RuntimeError with rabbitmqctl's message if it fails.
+    """
+    target = ["-n", node] if node else []
     result = subprocess.run(
-        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=120, check=False
+        ["rabbitmqctl", "-q", *target, *args], capture_output=True, text=True, timeout=timeout, check=False
     )
     if result.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip() or result.stdout}")
+        where = f" -n {node}" if node else ""
+        raise RuntimeError(
+            f"rabbitmqctl{where} {' '.join(args)} failed: {result.stderr.strip() or result.stdout}"
+        )
     return result.stdout
 
 
-def queue_counts(vhost: str, name: str) -> tuple[int, int] | None:
+def queue_counts(vhost: str, name: str, node: str | None = None) -> tuple[int, int] | None:
     """Return ``(ready, unacknowledged)`` for queue ``name`` in ``vhost``, or None if it does not exist."""
-    out = rabbitmqctl("list_queues", "-p", vhost, "name", "messages_ready", "messages_unacknowledged")
+    out = rabbitmqctl(
+        "list_queues", "-p", vhost, "name", "messages_ready", "messages_unacknowledged", node=node
+    )
     for line in out.splitlines():
         parts = line.split("\t")
         if parts and parts[0] == name:
@@ -49,7 +58,10 @@ class PulseLikeBroker:
     """A vhost on a local RabbitMQ with a user that has exactly Pulse Guardian's permissions.
 
     ``admin_url`` (guest by default) declares the publishers' exchanges and publishes;
-    ``user``/``password`` is what the app under test connects as.
+    ``user``/``password`` is what the app under test connects as. On another node than the
+    main one (a :class:`~pulse_celery.testing.RabbitNode`), give its ``node`` name and
+    ``port``; with ``failover_ports`` (a cluster's other nodes) :attr:`url` names every node
+    in kombu's failover form and the admin connection fails over too.
     """
 
     vhost: str = field(default_factory=lambda: f"pulse-test-{uuid.uuid4().hex[:8]}")
@@ -64,14 +76,23 @@ class PulseLikeBroker:
     #: host name against :data:`TLS_CA_CERTS`, as a user of production Pulse does.
     tls: bool = False
     tls_port: int = 5671
+    #: The node ``rabbitmqctl`` manages (``-n``); None: the local default node.
+    node: str | None = None
+    #: More ports of the same host (a cluster's other nodes), tried in turn after :attr:`port`.
+    failover_ports: tuple[int, ...] = ()
+    #: TLS ports of those nodes, likewise, after :attr:`tls_port`.
+    failover_tls_ports: tuple[int, ...] = ()
+
+    def _ctl(self, *args: str) -> str:
+        return rabbitmqctl(*args, node=self.node)
 
     def setup(self, exchanges: Iterable[str] = ()) -> PulseLikeBroker:
-        rabbitmqctl("add_vhost", self.vhost)
-        rabbitmqctl("add_user", self.user, self.password)
+        self._ctl("add_vhost", self.vhost)
+        self._ctl("add_user", self.user, self.password)
         own = f"^(queue/{self.user}/.*|exchange/{self.user}/.*)"
         read = f"^(queue/{self.user}/.*|exchange/.*)"
-        rabbitmqctl("set_permissions", "-p", self.vhost, self.user, own, own, read)
-        rabbitmqctl("set_permissions", "-p", self.vhost, self.admin_user, ".*", ".*", ".*")
+        self._ctl("set_permissions", "-p", self.vhost, self.user, own, own, read)
+        self._ctl("set_permissions", "-p", self.vhost, self.admin_user, ".*", ".*", ".*")
         with self.admin_connection() as conn:
             for name in exchanges:
                 Exchange(name, type="topic", durable=True).declare(channel=conn.default_channel)
@@ -80,7 +101,7 @@ class PulseLikeBroker:
     def teardown(self) -> None:
         for args in (("delete_vhost", self.vhost), ("delete_user", self.user)):
             try:
-                rabbitmqctl(*args)
+                self._ctl(*args)
             except RuntimeError:
                 pass
 
@@ -88,12 +109,13 @@ class PulseLikeBroker:
     def url(self) -> str:
         """The Pulse URL for the restricted user, credentials URL-encoded (``amqps://`` if :attr:`tls`)."""
         if self.tls:
-            scheme, host, port = "amqps", "localhost", self.tls_port
+            scheme, host, ports = "amqps", "localhost", (self.tls_port, *self.failover_tls_ports)
         else:
-            scheme, host, port = "amqp", self.host, self.port
-        return (
+            scheme, host, ports = "amqp", self.host, (self.port, *self.failover_ports)
+        return ";".join(
             f"{scheme}://{quote(self.user, safe='')}:{quote(self.password, safe='')}@"
             f"{host}:{port}/{quote(self.vhost, safe='')}"
+            for port in ports
         )
 
     @property
@@ -106,6 +128,14 @@ class PulseLikeBroker:
 
     def admin_connection(self) -> Connection:
         """A connection with full rights on the vhost; publishes on it wait for the confirm."""
+        if self.failover_ports:
+            # kombu's failover form; each URL carries everything, as kombu switches whole URLs.
+            user, password = quote(self.admin_user, safe=""), quote(self.admin_password, safe="")
+            urls = ";".join(
+                f"amqp://{user}:{password}@{self.host}:{port}/{quote(self.vhost, safe='')}"
+                for port in (self.port, *self.failover_ports)
+            )
+            return Connection(urls, transport_options={"confirm_publish": True})
         return Connection(
             hostname=self.host,
             port=self.port,
@@ -117,20 +147,27 @@ class PulseLikeBroker:
 
     def queue_counts(self, name: str) -> tuple[int, int] | None:
         """Return ``(ready, unacknowledged)`` for queue ``name``, or None if it does not exist."""
-        return queue_counts(self.vhost, name)
+        return queue_counts(self.vhost, name, node=self.node)
 
 
 class CeleryVhost:
-    """A fresh vhost on the local RabbitMQ to serve as the Celery broker of one test."""
+    """A fresh vhost on the local RabbitMQ to serve as the Celery broker of one test.
 
-    def __init__(self) -> None:
+    On another node, give its ``node`` name and ``port``; ``failover_ports`` (a cluster's
+    other nodes) make :attr:`url` kombu's failover form, as Celery's ``broker_url`` takes it.
+    """
+
+    def __init__(
+        self, *, node: str | None = None, port: int = 5672, failover_ports: tuple[int, ...] = ()
+    ) -> None:
         self.name = f"celery-test-{uuid.uuid4().hex[:8]}"
-        rabbitmqctl("add_vhost", self.name)
-        rabbitmqctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
-        self.url = f"amqp://guest:guest@127.0.0.1:5672/{self.name}"
+        self.node = node
+        rabbitmqctl("add_vhost", self.name, node=node)
+        rabbitmqctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*", node=node)
+        self.url = ";".join(f"amqp://guest:guest@127.0.0.1:{p}/{self.name}" for p in (port, *failover_ports))
 
     def delete(self) -> None:
         try:
-            rabbitmqctl("delete_vhost", self.name)
+            rabbitmqctl("delete_vhost", self.name, node=self.node)
         except RuntimeError:
             pass
