@@ -2,7 +2,10 @@
 
 Credentials are resolved as the Go client's ``pulse.NewConnection`` does: the explicit
 setting, then the credentials in the URL, then ``PULSE_USERNAME``/``PULSE_PASSWORD``, then
-``guest``. An empty URL means production Pulse over TLS with host-name verification. Every
+``guest``. An empty URL means production Pulse over TLS with host-name verification. The
+URL may name several hosts of one cluster, in kombu's failover form (``amqps://h1:5671;
+amqps://h2:5671``) or as a list: the engine connects to one and moves to the next (round
+robin) whenever a connect fails or the connection is lost. Every
 other setting is a field below, defined once (name, type, default, doc); it is read from the
 explicit source first, then from the environment as ``PULSE_<NAME>`` (see settings.py).
 """
@@ -12,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit
@@ -42,8 +45,13 @@ def _readable_file(path: str) -> str | None:
 class PulseConfig:
     """Everything needed to reach Pulse and consume from it; the password never shows in its repr."""
 
-    #: Scheme, host and port only: no credentials, no vhost.
-    url: str = field(metadata={"doc": "Pulse URL (credentials and vhost are taken out of it)"})
+    #: Scheme, host and port only: no credentials, no vhost; several hosts are joined by ``;``.
+    url: str = field(
+        metadata={
+            "doc": "Pulse URL (credentials and vhost are taken out of it); several hosts of one "
+            "cluster as 'amqps://h1:5671;amqps://h2:5671' or a list: tried in turn (round robin)"
+        }
+    )
     user: str = field(metadata={"doc": "Pulse user name"})
     password: str = field(repr=False, metadata={"doc": "Pulse password"})
     vhost: str = setting("/", "Virtual host (firefox-ci: '/', community Taskcluster: 'communitytc')")
@@ -100,23 +108,37 @@ class PulseConfig:
         return self.url.startswith("amqps://")
 
     @property
+    def hosts(self) -> tuple[str, ...]:
+        """Each host's URL (scheme, host, port), in the order they are tried."""
+        return tuple(self.url.split(";"))
+
+    @property
     def host(self) -> str:
-        return urlsplit(self.url).hostname or ""
+        """The first host's name."""
+        return self.host_name(0)
+
+    def host_name(self, index: int) -> str:
+        """The name of host ``index`` (taken modulo the number of hosts)."""
+        return urlsplit(self.hosts[index % len(self.hosts)]).hostname or ""
 
     @property
     def is_memory(self) -> bool:
         """True for kombu's in-memory transport (the demo and unit tests)."""
         return self.url.startswith("memory://")
 
-    def safe_url(self) -> str:
-        """The URL with the user but never the password, fit for logs."""
-        scheme, rest = self.url.split("://", 1)
+    def safe_url(self, host: int | None = None) -> str:
+        """The URL with the user but never the password, fit for logs: host ``host``, or all (``;``)."""
+        hosts = self.hosts if host is None else (self.hosts[host % len(self.hosts)],)
         vhost = "" if self.vhost == "/" else quote(self.vhost, safe="")
-        return f"{scheme}://{quote(self.user, safe='')}@{rest}/{vhost}"
+        safe = []
+        for url in hosts:
+            scheme, rest = url.split("://", 1)
+            safe.append(f"{scheme}://{quote(self.user, safe='')}@{rest}/{vhost}")
+        return ";".join(safe)
 
-    def connection_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :class:`kombu.Connection`."""
-        parts = urlsplit(self.url)
+    def connection_kwargs(self, host: int = 0) -> dict[str, Any]:
+        """Keyword arguments for :class:`kombu.Connection` to host ``host`` (modulo the number of hosts)."""
+        parts = urlsplit(self.hosts[host % len(self.hosts)])
         if self.is_memory:
             return {"hostname": "memory://", "virtual_host": self.vhost}
         kwargs: dict[str, Any] = {
@@ -185,6 +207,71 @@ def resolve_credentials(
     return f"{parts.scheme}://{netloc}", vhost, user, password
 
 
+def split_urls(url: str | Sequence[str] | None, option: str = "pulse_url") -> list[str]:
+    """The URLs in ``url``: kombu's failover form (``;`` between them) or a list; [] if none."""
+    if url is None:
+        return []
+    if isinstance(url, str):
+        items = url.split(";")
+    elif isinstance(url, Sequence) and all(isinstance(u, str) for u in url):
+        items = [part for u in url for part in u.split(";")]
+    else:
+        raise ConfigError(
+            f"{option} {url!r} is not a URL; give a string such as {PRODUCTION_URL!r}, several "
+            "joined by ';', or a list of them"
+        )
+    return [item.strip() for item in items if item.strip()]
+
+
+def resolve_urls(
+    url: str | Sequence[str] | None,
+    user: str | None,
+    password: str | None,
+    environ: Mapping[str, str],
+    option: str = "pulse_url",
+) -> tuple[str, str, str, str]:
+    """Like :func:`resolve_credentials` for one URL or several (a failover list).
+
+    The first URL gives the credentials and vhost; a later one may repeat them or leave them
+    out, never differ, and every URL has the same scheme. Returns the hosts joined by ``;``.
+    """
+    urls = split_urls(url, option)
+    if len(urls) <= 1:
+        return resolve_credentials(urls[0] if urls else None, user, password, environ)
+    first_url, vhost, user_, password_ = resolve_credentials(urls[0], user, password, environ)
+    hosts = [first_url]
+    first = urlsplit(urls[0])
+    scheme = first.scheme
+    if scheme == "memory":
+        raise ConfigError(f"{option}: memory:// names no host; give it alone, without other URLs")
+    for n, other in enumerate(urls[1:], start=2):
+        parts = urlsplit(other)
+        host_url, other_vhost, _, _ = resolve_credentials(other, user_, password_, {})
+        where = f"{option} host {n} ({host_url})"
+        if parts.scheme != scheme:
+            raise ConfigError(
+                f"{where} uses {parts.scheme}:// but host 1 uses {scheme}://; give every host of "
+                "the cluster the same scheme"
+            )
+        if (parts.username or parts.password) and (parts.username, parts.password) != (
+            first.username,
+            first.password,
+        ):
+            raise ConfigError(
+                f"{where} has other credentials than host 1; a cluster has one set: give them "
+                "once, in the first URL or in pulse_user/pulse_password"
+            )
+        if parts.path not in ("", "/") and other_vhost != vhost:
+            raise ConfigError(
+                f"{where} names vhost {other_vhost!r} but host 1 names {vhost!r}; give the vhost "
+                "once, in the first URL or in pulse_vhost"
+            )
+        hosts.append(host_url)
+    if len(set(hosts)) != len(hosts):
+        raise ConfigError(f"{option} names the same host twice: {';'.join(hosts)}")
+    return ";".join(hosts), vhost, user_, password_
+
+
 def check_user(user: str) -> None:
     if user[0] not in _USER_CHARS - set("0123456789._-") or not set(user) <= _USER_CHARS:
         raise ConfigError(
@@ -207,8 +294,12 @@ def build_config(
     """
     environ = os.environ if environ is None else environ
     env = environment(environ, ENVIRONMENT_NAMES)
-    url, vhost, user, password = resolve_credentials(
-        given.get("url") or env.get("url"), given.get("user"), given.get("password"), environ
+    url, vhost, user, password = resolve_urls(
+        given.get("url") or env.get("url"),
+        given.get("user"),
+        given.get("password"),
+        environ,
+        option=option_prefix + "url",
     )
     check_user(user)
     values = read_settings(
@@ -219,9 +310,11 @@ def build_config(
     )
     values.setdefault("vhost", vhost)
     config = cls(url=url, user=user, password=password, **values)
-    if url.startswith("amqp://") and not _is_loopback(config.host) and not config.allow_insecure:
+    remote = [config.host_name(i) for i in range(len(config.hosts)) if not _is_loopback(config.host_name(i))]
+    if url.startswith("amqp://") and remote and not config.allow_insecure:
         raise ConfigError(
-            f"{option_prefix}url {url!r} sends the Pulse password in clear text to a remote host; "
+            f"{option_prefix}url {url!r} sends the Pulse password in clear text to a remote host "
+            f"({remote[0]}); "
             f"use amqps://... on port 5671, or set {option_prefix}allow_insecure = True if you mean it"
         )
     return config

@@ -37,9 +37,9 @@ from .topology import QueueSpec
 logger = logging.getLogger(__name__)
 
 
-def open_connection(config: PulseConfig) -> Connection:
-    """Connect to Pulse once (the link's backoff decides when to try again)."""
-    connection = Connection(**config.connection_kwargs())
+def open_connection(config: PulseConfig, host: int = 0) -> Connection:
+    """Connect to Pulse host ``host`` once (the link's backoff decides when to try again)."""
+    connection = Connection(**config.connection_kwargs(host))
     try:
         connection.ensure_connection(max_retries=0)
     except Exception:
@@ -66,7 +66,9 @@ class Engine:
         self.isolate = isolate
         #: kombu's in-memory transport shares the Celery app's connection: never close it
         self._shared = connect is not None and config.is_memory
-        self._connect = connect or (lambda: open_connection(config))
+        #: the host of the current (or last) connect attempt: an index into ``config.hosts``
+        self.host = -1
+        self._connect = connect or (lambda: open_connection(config, self.host))
         self._on_changed = on_changed
         self._on_connected = on_connected
         self.link = Link(hub, "Pulse", self._prepare, self._on_up, self._on_down)
@@ -123,14 +125,19 @@ class Engine:
         self.changed()
 
     def _prepare(self) -> Opener:
-        """On the loop: fix what the connect thread declares, then hand it the work."""
+        """On the loop: pick the host, fix what the connect thread declares, then hand it the work.
+
+        Every attempt goes to the next host of a failover list (round robin): after a loss,
+        the node that was lost is the last one tried again.
+        """
+        self.host = (self.host + 1) % len(self.config.hosts)
         wanted = []
         for consumer in self.consumers.values():
             if consumer.wants_declared():
                 consumer.renew()
                 wanted.append((consumer.key, consumer.spec))
         if not self.config.is_memory:
-            logger.info("Connecting to Pulse at %s", self.config.safe_url())
+            logger.info("Connecting to Pulse at %s", self.config.safe_url(self.host))
         return opener(self._connect, self.config, wanted, self.isolate, self._shared)
 
     def _on_up(self, up: Up) -> None:
@@ -149,7 +156,7 @@ class Engine:
             guarded(consumer.connected, f"starting Pulse queue {consumer.name}")(channel)
         logger.info(
             "Connected to Pulse at %s%s; queues: %s",
-            self.config.safe_url(),
+            self.config.safe_url(self.host),
             again,
             ", ".join(c.describe() for c in self.consumers.values() if c.wants not in ("closed", "deleted"))
             or "none",
@@ -176,7 +183,7 @@ class Engine:
         else:
             logger.error(
                 "Cannot connect to Pulse at %s: %s; nothing is consumed until it works; retrying in %.1f s",
-                self.config.safe_url(),
+                self.config.safe_url(self.host),
                 why,
                 delay,
             )
