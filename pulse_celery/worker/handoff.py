@@ -98,6 +98,8 @@ class Handoff:
         self._unconfirmed: OrderedDict[int, tuple[str, OnConfirmed, OnFailed]] = OrderedDict()
         self._returned: set[str] = set()
         self._declared: set[str] = set()
+        #: connect attempts so far: each starts at the next host of a failover broker_url
+        self._attempts = 0
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -117,8 +119,16 @@ class Handoff:
         # Confirms are collected asynchronously here; py-amqp's confirm_publish (which a
         # user may set in broker_transport_options) would wait for each one instead.
         connection = self.app.connection_for_write(transport_options={"confirm_publish": False})
+        # A failover broker_url (``amqp://h1;amqp://h2``): kombu tries the next host only on a
+        # retry, and every attempt makes a new connection that starts at the first host, so
+        # with a single try the hand-off would never leave a dead first host. Start each
+        # attempt at the next host (round robin) and try every host once.
+        hosts = max(len(connection.alt), 1)
+        for _ in range(self._attempts % hosts):
+            connection.maybe_switch_next()
+        self._attempts += 1
         try:
-            connection.ensure_connection(max_retries=0)  # one attempt; the link's backoff retries
+            connection.ensure_connection(max_retries=hosts - 1)  # the link's backoff retries
             channel = None
             if connection.transport.driver_type == "amqp":
                 channel = connection.channel()
