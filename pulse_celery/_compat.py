@@ -1,43 +1,65 @@
 """Every private internal of py-amqp, kombu and Celery that pulse_celery uses, checked before use.
 
-Nothing else in the package reaches into another library's private parts: it asks here.
-Each internal is checked once (per connection, hub or worker, where a test or an upgrade
-can take it away), and each has either a fallback that is slower but correct, announced by
-one WARNING, or a refusal to start that names the supported versions.
+Nothing else in the package reaches into another library's private parts, or switches on
+their versions: it asks here. Each internal is checked once (per connection, hub or worker,
+where a test or an upgrade can take it away), and each has either a fallback that is slower
+but correct, announced by one WARNING, or a refusal to start that names the supported
+versions. Where versions differ, the path each version takes is named below; a path that
+is as fast and as correct as the other is chosen silently (it is not a degradation).
 
-Each entry: the internal; what it is for; what happens without it.
+Supported and tested (the noxfile's ``lowest`` and ``highest`` sessions): Celery 5.4.0 to
+5.7, kombu 5.3.5 to 5.7, py-amqp 5.1.1 to 5.4 (:data:`SUPPORTED_CELERY`).
+
+Each entry: the internal; what it is for; what happens without it; what differs by version.
 
 py-amqp
   * ``Transport._read_buffer``, ``Connection.on_inbound_frame``, ``Connection.drain_events``
     (public, but replaced on the instance), ``Connection.frame_writer`` and
     ``method_framing.frame_writer(connection, transport)``: the loop's fast path, frames cut
     from one ``recv`` and written in one ``send`` per turn of the loop; without any of them,
-    py-amqp reads and writes frame by frame (one WARNING).
+    py-amqp reads and writes frame by frame (one WARNING). Same in 5.1.1 to 5.4.2 (5.4 puts
+    a lock around ``frame_writer``'s shared buffer; the loop writes from one thread anyway).
   * ``Channel.events``: publisher confirms collected as they arrive; without it, the
-    hand-off waits for each confirm.
+    hand-off waits for each confirm. Same in 5.1.1 to 5.4.2.
   * ``Message._serialize_properties`` and the layout of ``amqp.serialization.dumps``: task
     message properties encoded once per task; without them (or if a sample differs from
-    py-amqp's own bytes), py-amqp encodes them per publish.
+    py-amqp's own bytes), py-amqp encodes them per publish. The table encoding is the same
+    in 5.1.1 to 5.4.2 (5.4 changed only the decoding of the 's', 'b'/'B' and 'l' table types,
+    and the bit flushing of method arguments, which task properties do not use).
 
 kombu
   * ``Hub.on_tick``: Pulse acks sent once per turn of the loop; without it, each at once.
+    kombu 5.3.4 iterates the set itself (not a copy), so a lane that stops ticking inside a
+    tick would break the loop: kombu 5.3.5 is the lowest supported.
+  * ``Hub._create_waker`` (kombu 5.7): ``call_soon`` from another thread wakes the poller.
+    Before 5.7 such a call waits for the poller's timeout (up to 10 s with timers pending):
+    the connect thread's result, the standalone connection's calls and stop. There,
+    :func:`hub_waker` gives the hub a socket pair of our own, as 5.7 does.
   * ``Message._state``: a task message's settled state; without it, not recorded.
 
 Celery
   * ``Consumer.strategies[name](message, None, ack, reject, callbacks)``,
-    ``Consumer.call_soon_ack``, ``Consumer.on_task_message``, ``Consumer.blueprint.state``
-    and ``bootsteps.CLOSE``: the ``complete`` policy and warm shutdown; without them, the
-    worker refuses to start and names the supported versions (:data:`SUPPORTED_CELERY`).
+    ``Consumer.on_task_message``, ``Consumer.blueprint.state`` and ``bootsteps.CLOSE``: the
+    ``complete`` policy and warm shutdown; without them, the worker refuses to start and
+    names the supported versions (:data:`SUPPORTED_CELERY`). Same in 5.4.0 to 5.7.0.
+  * ``Consumer.call_soon_ack`` (5.7) or ``Consumer.call_soon`` (5.4 to 5.6): what Celery's own
+    task consumer schedules a message's ack and reject with (:func:`ack_scheduler`). With the
+    worker's hub, both are ``hub.call_soon``; without one (the memory:// demo) 5.7 acks at
+    once and 5.4 to 5.6 at the next turn of ``synloop``, as Celery itself does there.
   * ``Consumer.max_prefetch_count``: Celery's prefetch for ``complete`` queues; without it,
-    ``pulse_prefetch_count``.
+    ``pulse_prefetch_count``. Same in 5.4.0 to 5.7.0.
   * ``PromiseProxy._Proxy__local``: the app of a task not evaluated yet; without it, the
     task is evaluated at decoration (its app is finalized early).
+  * Celery older than 5.4: refused at worker start (:func:`check_celery_version`).
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import weakref
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 import amqp.method_framing
@@ -46,8 +68,11 @@ from vine import promise
 
 logger = logging.getLogger(__name__)
 
-#: Celery versions whose worker internals the ``complete`` policy and the step were checked on.
-SUPPORTED_CELERY = "Celery 5.7"
+#: The versions whose internals the ``complete`` policy and the step were checked on (and are tested).
+SUPPORTED_CELERY = "Celery 5.4 to 5.7 (with kombu 5.3.5 to 5.7 and py-amqp 5.1.1 to 5.4)"
+
+#: The lowest Celery the worker step starts with (major, minor).
+MIN_CELERY = (5, 4)
 
 _warned: set[str] = set()
 
@@ -183,6 +208,77 @@ def tick_callbacks(hub: Any) -> set[Callable[[], Any]] | None:
     return callbacks
 
 
+class _Waker:
+    """A socket pair on the hub that makes ``call_soon`` from another thread run at once (kombu < 5.7).
+
+    The hub's own thread registers the reader (a tick callback, so that it comes back after
+    ``hub.reset()``, which drops every reader); other threads only write one byte.
+    """
+
+    def __init__(self, hub: Any) -> None:
+        self._hub = weakref.ref(hub)
+        self.reader, self.writer = socket.socketpair()
+        self.reader.setblocking(False)
+        self.writer.setblocking(False)
+        hub.on_tick.add(self._register)
+        # Closed with the hub (or by close()), never left to the garbage collector.
+        self._finalizer = weakref.finalize(hub, _close_sockets, self.reader, self.writer)
+
+    def _register(self) -> None:
+        hub = self._hub()
+        if hub is not None and self.reader.fileno() not in hub.readers:
+            hub.add_reader(self.reader.fileno(), self._drain)
+
+    def _drain(self) -> None:
+        with suppress(OSError):
+            self.reader.recv(4096)
+
+    def wake(self) -> None:
+        with suppress(OSError):  # full: a wakeup is pending anyway; closed: the hub is gone
+            self.writer.send(b"\0")
+
+    def close(self) -> None:
+        hub = self._hub()
+        if hub is not None:
+            hub.on_tick.discard(self._register)
+            if self.reader.fileno() in hub.readers:
+                hub.remove_reader(self.reader.fileno())
+        self._finalizer()
+
+
+def _close_sockets(*sockets: socket.socket) -> None:
+    for sock in sockets:
+        sock.close()
+
+
+_wakers: weakref.WeakKeyDictionary[Any, _Waker] = weakref.WeakKeyDictionary()
+
+
+def _nothing() -> None:
+    pass
+
+
+def hub_waker(hub: Any) -> Callable[[], None]:
+    """What another thread calls after ``hub.call_soon(...)`` so that the hub runs it now.
+
+    Call it on the hub's thread (or before the hub runs). kombu 5.7 wakes its poller itself:
+    the function does nothing there. Before 5.7, the hub gets one socket pair of ours.
+    """
+    if callable(getattr(hub, "_create_waker", None)):
+        return _nothing
+    waker = _wakers.get(hub)
+    if waker is None:
+        waker = _wakers[hub] = _Waker(hub)
+    return waker.wake
+
+
+def close_hub_waker(hub: Any) -> None:
+    """Close the socket pair :func:`hub_waker` gave ``hub``, if it gave one."""
+    waker = _wakers.pop(hub, None)
+    if waker is not None:
+        waker.close()
+
+
 def set_message_state(message: Any, state: str) -> None:
     """Record on a kombu Message that it was acked or rejected (its ``acknowledged`` flag)."""
     if _MESSAGE_HAS_STATE:
@@ -203,17 +299,37 @@ _MESSAGE_HAS_STATE = _message_has_state()
 # -- Celery ------------------------------------------------------------------------------------
 
 
+def check_celery_version(version: str) -> None:
+    """Refuse a Celery older than :data:`MIN_CELERY`, naming the supported versions and the fix."""
+    from .errors import ConfigError
+
+    try:
+        found = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return  # not a release number (a checkout): the internals check decides
+    if found < MIN_CELERY:
+        raise ConfigError(
+            f"this Celery ({version}) is older than pulse_celery supports ({SUPPORTED_CELERY}): "
+            f"install a supported one (pip install 'celery>={MIN_CELERY[0]}.{MIN_CELERY[1]},<6'), "
+            "or run this worker with --no-pulse"
+        )
+
+
 def check_worker_consumer(c: Any) -> None:
     """Refuse to start, naming the supported versions, if Celery's consumer lacks what the step uses."""
     from celery import __version__, bootsteps
 
     from .errors import ConfigError
 
+    check_celery_version(__version__)
     missing = [
         what
         for what, ok in (
             ("Consumer.strategies", isinstance(getattr(c, "strategies", None), dict)),
-            ("Consumer.call_soon_ack", callable(getattr(c, "call_soon_ack", None))),
+            (
+                "Consumer.call_soon_ack (or call_soon)",
+                callable(getattr(c, "call_soon_ack", None)) or callable(getattr(c, "call_soon", None)),
+            ),
             ("Consumer.on_task_message", hasattr(c, "on_task_message")),
             ("Consumer.blueprint.state", hasattr(getattr(c, "blueprint", None), "state")),
             ("celery.bootsteps.CLOSE", hasattr(bootsteps, "CLOSE")),
@@ -228,17 +344,30 @@ def check_worker_consumer(c: Any) -> None:
         )
 
 
+def ack_scheduler(c: Any) -> Callable[..., Any]:
+    """What Celery's own task consumer schedules a task message's ack and reject with.
+
+    ``call_soon_ack`` from Celery 5.7, ``call_soon`` before (5.4 to 5.6 build the ack
+    promises of ``on_task_received`` from it).
+    """
+    schedule: Callable[..., Any] | None = getattr(c, "call_soon_ack", None)
+    if schedule is None:
+        schedule = c.call_soon
+    return schedule
+
+
 def run_strategy(c: Any, task_name: str, message: Any) -> None:
     """Hand ``message`` to Celery's own strategy for ``task_name``, acked through the worker's loop.
 
     Raises KeyError when the task is not registered in this worker.
     """
     strategy = c.strategies[task_name]
+    schedule = ack_scheduler(c)
     strategy(
         message,
         None,
-        promise(c.call_soon_ack, (message.ack_log_error,)),
-        promise(c.call_soon_ack, (message.reject_log_error,)),
+        promise(schedule, (message.ack_log_error,)),
+        promise(schedule, (message.reject_log_error,)),
         c.on_task_message,
     )
 

@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 
 from kombu.asynchronous import Hub
 
+from .. import _compat
+
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
@@ -96,7 +98,11 @@ def run_in_thread(
     on_failed: Callable[[BaseException], None],
     name: str,
 ) -> threading.Thread:
-    """Run ``work()`` in a thread; deliver its result or error to the loop's thread."""
+    """Run ``work()`` in a thread; deliver its result or error to the loop's thread.
+
+    Called on the loop's thread (or before the loop runs).
+    """
+    wake = _compat.hub_waker(hub)
 
     def run() -> None:
         try:
@@ -105,6 +111,7 @@ def run_in_thread(
             hub.call_soon(guarded(on_failed, name), exc)
         else:
             hub.call_soon(guarded(on_done, name), result)
+        wake()
 
     thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
@@ -122,6 +129,7 @@ class Loop:
 
     def __init__(self) -> None:
         self.hub = Hub()
+        self._wake = _compat.hub_waker(self.hub)  # calls from other threads run at once
         self.thread: threading.Thread | None = None
         self._stopping = False
         self._lock = threading.Lock()
@@ -162,6 +170,7 @@ class Loop:
     def call_soon(self, fun: Callable[..., Any], *args: Any) -> None:
         """Run ``fun(*args)`` on the loop's thread (from any thread); an error is logged."""
         self.hub.call_soon(guarded(fun, getattr(fun, "__qualname__", "a callback")), *args)
+        self._wake()
 
     def call(self, fun: Callable[[], _T], timeout: float | None = None) -> _T:
         """Run ``fun()`` on the loop's thread and return its result (or raise its error).
@@ -187,15 +196,18 @@ class Loop:
                 future.set_exception(exc)
 
         self.hub.call_soon(work)
+        self._wake()
         return future.result(timeout)
 
     def stop(self) -> None:
         """Make :meth:`run` return after the current turn of the loop (from any thread)."""
         self._stopping = True
         self.hub.call_soon(_wake)
+        self._wake()
 
     def close(self) -> None:
         self.hub.close()
+        _compat.close_hub_waker(self.hub)
 
 
 def _wake() -> None:
