@@ -50,6 +50,11 @@ Celery
     ``pulse_prefetch_count``. Same in 5.4.0 to 5.7.0.
   * ``PromiseProxy._Proxy__local``: the app of a task not evaluated yet; without it, the
     task is evaluated at decoration (its app is finalized early).
+  * Not handled yet: on warm shutdown, Celery 5.4 to 5.6 reset the worker's hub when
+    ``asynloop`` exits and nothing turns it while the pool drains (5.7 keeps it, so that
+    timers fire). The Pulse connection then sends no heartbeats: a task that outlasts two
+    heartbeat intervals after the shutdown began loses the connection, and the messages
+    of the tasks finishing then come again (duplicates, not losses).
   * Celery older than 5.4: refused at worker start (:func:`check_celery_version`).
 """
 
