@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Long soak test of pulse_celery under real faults, kept out of CI.
 
-    python scripts/soak.py --minutes 60 --policy enqueue [--tls]
+    python scripts/soak.py --minutes 60 --policy enqueue [--tls] [--own-node PORT]
 
 It makes a fresh Pulse-like vhost and user (Guardian's permissions, Taskcluster's
 task-completed exchange) and a fresh Celery vhost on the local RabbitMQ, starts one
@@ -10,7 +10,10 @@ Taskcluster-shaped messages a second, each with a unique ``id``. The publisher r
 message until the broker confirms it, as a real Pulse publisher does, so it rides out broker
 restarts. With ``--tls`` the worker reaches Pulse as production Pulse is reached: over
 ``amqps://localhost:5671`` (scripts/rabbitmq-tls.sh), verifying the certificate and host name
-against the test CA. Every ``--fault-every MIN MAX`` seconds (uniform, seeded) it injects one real fault:
+against the test CA. With ``--own-node PORT`` it starts a RabbitMQ node of its own
+(``pulse_celery.testing.RabbitNode``: AMQP on PORT, TLS on PORT+1), runs everything there and
+stops it at the end, so that its faults touch nothing else on this machine; two soaks can then
+run side by side. Every ``--fault-every MIN MAX`` seconds (uniform, seeded) it injects one real fault:
 
 - ``close_all_connections``: ``rabbitmqctl close_all_connections --global`` (every connection on
   the node, those of other users of this RabbitMQ too);
@@ -49,7 +52,7 @@ from typing import Any
 
 from kombu import Connection, Exchange, Producer
 
-from pulse_celery.testing import CeleryVhost, PulseLikeBroker, Worker, taskcluster_message
+from pulse_celery.testing import CeleryVhost, PulseLikeBroker, RabbitNode, Worker, taskcluster_message
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The app under test is the fault tests' own (run by `celery -A`, not imported here).
@@ -79,10 +82,14 @@ def log(message: str) -> None:
     print(f"[{stamp} +{time.monotonic() - T0:7.1f}s] {message}", flush=True)
 
 
+#: The node the soak runs on (``rabbitmqctl -n``); None: the local default node.
+NODE: str | None = None
+
+
 def ctl(*args: str, timeout: float = 120) -> str:
     """Run ``rabbitmqctl -q ARGS`` in its own session, so a Ctrl-C meant for us does not kill it."""
     result = subprocess.run(
-        ["rabbitmqctl", "-q", *args],
+        ["rabbitmqctl", "-q", *(["-n", NODE] if NODE else []), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -282,6 +289,7 @@ class Soak:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"pulse-celery-soak-{args.policy}-"))
         self.records = Records(self.workdir / "records.jsonl")
         self.pulse: PulseLikeBroker | None = None
+        self.node: RabbitNode | None = None
         self.celery: CeleryVhost | None = None
         self.worker: Worker | None = None
         self.publisher: PacedPublisher | None = None
@@ -315,12 +323,23 @@ class Soak:
 
     def setup(self) -> None:
         log(f"work directory (worker log, task records): {self.workdir}")
+        if self.args.own_node:
+            global NODE
+            port = self.args.own_node
+            self.node = RabbitNode(name=f"pulse-soak-{port}", port=port, tls_port=port + 1)
+            log(f"starting a RabbitMQ node of our own: {self.node.node}, AMQP {port}, TLS {port + 1}")
+            self.node.start()
+            NODE = self.node.node
+            self.pulse = PulseLikeBroker(
+                host=LOOPBACK, tls=self.args.tls, node=NODE, port=port, tls_port=port + 1
+            )
+        else:
+            self.pulse = PulseLikeBroker(host=LOOPBACK, tls=self.args.tls)
         self._warn_about_other_users()
-        self.pulse = PulseLikeBroker(host=LOOPBACK, tls=self.args.tls)
         log(f"creating Pulse-like vhost {self.pulse.vhost} and user {self.pulse.user}")
         self.pulse.setup([TASK_COMPLETED])
         self.queue = f"queue/{self.pulse.user}/faults"
-        self.celery = CeleryVhost()
+        self.celery = CeleryVhost(node=NODE, port=self.pulse.port)
         pulse_host = "localhost" if self.args.tls else LOOPBACK
         assert f"@{LOOPBACK}:" in self.celery.url and f"@{pulse_host}:" in self.pulse.url
         log(
@@ -389,6 +408,13 @@ class Soak:
                 except Exception as exc:
                     log(f"clean-up: rabbitmqctl delete_vhost {self.celery.name}: {exc}")
             log("clean-up done: vhosts and user deleted")
+            if self.node is not None:
+                log(f"clean-up: stopping our node {self.node.node}")
+                try:
+                    self.node.stop()
+                except Exception as exc:
+                    log(f"clean-up: stopping {self.node.node} failed ({exc!r}); killing it")
+                    self.node.kill()
 
     def emergency_stop(self) -> None:
         """The hard stop: kill what we started and remove what we made, then exit."""
@@ -412,6 +438,8 @@ class Soak:
                     ctl(*args, timeout=20)
                 except Exception:
                     pass
+        if self.node is not None:
+            self.node.kill()
         print("RESULT: FAIL (hard stop)", flush=True)
         os._exit(3)
 
@@ -702,7 +730,8 @@ class Soak:
         print(
             f"pulse_celery soak: policy {self.args.policy}, seed {self.args.seed}, "
             f"rate {self.args.rate:g}/s, fault every {self.args.fault_every[0]:g}-"
-            f"{self.args.fault_every[1]:g} s"
+            f"{self.args.fault_every[1]:g} s, Pulse over {'TLS' if self.args.tls else 'plain AMQP'}"
+            + (f", own node {self.node.node}" if self.node else "")
         )
         if self.interrupted:
             print(f"INTERRUPTED: {self.interrupted}")
@@ -799,6 +828,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--tls",
         action="store_true",
         help="the worker reaches Pulse over amqps://localhost:5671, verified (scripts/rabbitmq-tls.sh)",
+    )
+    parser.add_argument(
+        "--own-node",
+        type=int,
+        metavar="PORT",
+        help="run on a RabbitMQ node of our own (AMQP on PORT, TLS on PORT+1), stopped at the end",
     )
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.rate <= 0:
