@@ -16,6 +16,7 @@ from kombu.exceptions import KombuError
 from ..errors import PulseCeleryError
 from ..pulse.config import PulseConfig
 from ..pulse.diagnose import describe_error
+from ..pulse.engine import open_any_host
 
 #: What a failed connect, declare or publish raises, for the callers' ``except`` clauses.
 BROKER_ERRORS: tuple[type[BaseException], ...] = (AMQPError, KombuError, OSError)
@@ -30,13 +31,10 @@ def open_connection(config: PulseConfig, *, confirm_publish: bool = False) -> Co
     """Connect once to the configured Pulse; publishes wait for the broker's confirm if asked."""
     if config.is_memory:
         raise PulseCeleryError("pulse_url memory:// exists only inside one process; give an amqp(s):// URL")
-    kwargs: dict[str, Any] = config.connection_kwargs()
+    options: dict[str, Any] = {}
     if confirm_publish:
-        kwargs["transport_options"] = {"confirm_publish": True}
-    connection = Connection(**kwargs)
+        options["transport_options"] = {"confirm_publish": True}
     try:
-        connection.ensure_connection(max_retries=0)
+        return open_any_host(config, **options)  # each host of a failover pulse_url, in turn
     except BROKER_ERRORS as exc:
-        connection.collect()
         raise broker_failure(f"cannot connect to Pulse at {config.safe_url()}", exc, config) from exc
-    return connection

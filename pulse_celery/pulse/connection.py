@@ -35,7 +35,7 @@ from .bindings import as_binding
 from .config import PulseConfig, build_config
 from .consumer import QueueConsumer
 from .diagnose import describe_error
-from .engine import Engine, open_connection
+from .engine import Engine, open_any_host
 from .handler import Callback, CallbackRunner, OnFailure
 from .loop import Loop
 from .topology import QueueSpec, anonymous_queue_name, queue_name, unbind_and_delete, validate_queue_suffix
@@ -350,7 +350,7 @@ class PulseConnection:
         before = consumer.wants
         consumer.wants = "deleted"  # first, so that no connect declares it again meanwhile
         try:
-            with open_connection(self.config) as connection:
+            with open_any_host(self.config, max(self.engine.host, 0)) as connection:
                 dropped = unbind_and_delete(connection.channel(), consumer.spec)
         except NotFound:
             dropped = 0

@@ -37,15 +37,31 @@ from .topology import QueueSpec
 logger = logging.getLogger(__name__)
 
 
-def open_connection(config: PulseConfig, host: int = 0) -> Connection:
+def open_connection(config: PulseConfig, host: int = 0, **options: Any) -> Connection:
     """Connect to Pulse host ``host`` once (the link's backoff decides when to try again)."""
-    connection = Connection(**config.connection_kwargs(host))
+    connection = Connection(**config.connection_kwargs(host), **options)
     try:
         connection.ensure_connection(max_retries=0)
     except Exception:
         connection.collect()
         raise
     return connection
+
+
+def open_any_host(config: PulseConfig, first: int = 0, **options: Any) -> Connection:
+    """Connect to the first host that answers, trying each once from host ``first`` on.
+
+    For one-off connections (a command, a delete while the engine is down): with a failover
+    ``pulse_url`` a dead node is skipped. Raises the last host's error if none answers.
+    """
+    count = len(config.hosts)
+    for n in range(count):
+        try:
+            return open_connection(config, (first + n) % count, **options)
+        except Exception:
+            if n == count - 1:
+                raise
+    raise AssertionError("unreachable: a config has at least one host")
 
 
 class Engine:

@@ -348,6 +348,15 @@ def test_check_passes_on_a_good_setup_and_leaves_nothing_behind(pulse):
     assert _rabbitmqctl("list_queues", "-p", pulse.vhost, "name").strip() == ""
 
 
+def test_check_skips_a_dead_first_host_of_a_failover_pulse_url(pulse):
+    # The first host refuses connections (nothing listens on port 9); the second is the broker.
+    dead_first = pulse.url.replace(f"@{pulse.host}:{pulse.port}/", f"@{pulse.host}:9/") + ";" + pulse.url
+    result = cli("check", "-A", "cli_app", env={**env_for(pulse), "PULSE_URL": dead_first})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert check_lines(result)["connection"].startswith("ok")
+    assert check_lines(result)[f"queue queue/{pulse.user}/builds"].startswith("ok")
+
+
 def test_check_fails_with_the_fix_on_a_wrong_password(pulse):
     wrong = pulse.url.replace(quote(pulse.password, safe=""), "wrong")
     result = cli("check", "-A", "cli_app", env={**env_for(pulse), "PULSE_URL": wrong})
