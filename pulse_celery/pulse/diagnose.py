@@ -5,16 +5,19 @@ from __future__ import annotations
 from .config import PulseConfig
 
 
-def describe_error(exc: BaseException, config: PulseConfig) -> str:
-    """Say what a connection or declaration error means for a Pulse user, with the fix."""
+def describe_error(exc: BaseException, config: PulseConfig, host: int = 0) -> str:
+    """Say what a connection or declaration error means for a Pulse user, with the fix.
+
+    ``host`` is the index of the host (of a failover ``pulse_url``) the error came from.
+    """
     text = str(exc) or repr(exc)
     code = getattr(exc, "reply_code", None) or getattr(exc, "code", None)
     if config.password and config.password in text:
         text = text.replace(config.password, "****")
     if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
         return (
-            f"{text} -- the server's certificate is not trusted for {config.host!r}: check the host "
-            "name in pulse_url, and pulse_ssl_ca_certs if the server uses a private CA"
+            f"{text} -- the server's certificate is not trusted for {config.host_name(host)!r}: check "
+            "the host name in pulse_url, and pulse_ssl_ca_certs if the server uses a private CA"
         )
     if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
         return f"{text} -- amqps:// reached a port without TLS; Pulse's TLS port is 5671"

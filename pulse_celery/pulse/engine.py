@@ -183,7 +183,7 @@ class Engine:
         self.changed()
 
     def _on_down(self, exc: BaseException, delay: float, was_up: bool) -> None:
-        why = describe_error(exc, self.config)
+        why = describe_error(exc, self.config, max(self.host, 0))
         self.stats.error(why)
         if was_up:
             self.stats.losses += 1

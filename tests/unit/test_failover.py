@@ -142,3 +142,12 @@ def test_the_handoff_with_one_broker_host_tries_it_once(monkeypatch):
     with pytest.raises(ConnectionRefusedError):
         handoff._connect()
     assert seen == [0]
+
+
+def test_an_untrusted_certificate_is_reported_for_the_host_that_presented_it():
+    from pulse_celery.pulse.diagnose import describe_error
+
+    config = load_config({"pulse_url": "amqps://alice:secret@node1:5671;amqps://node2:5671"}, environ={})
+    error = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    assert "not trusted for 'node2'" in describe_error(error, config, host=1)
+    assert "not trusted for 'node1'" in describe_error(error, config)
