@@ -36,6 +36,9 @@ kombu
     the connect thread's result, the standalone connection's calls and stop. There,
     :func:`hub_waker` gives the hub a socket pair of our own, as 5.7 does.
   * ``Message._state``: a task message's settled state; without it, not recorded.
+  * ``Hub.on_close`` (public, not documented): where the thread that keeps the Pulse
+    connection during a warm shutdown hands it back before ``hub.close()`` runs the acks
+    left in the ready set; without it, the thread stops at the step's shutdown.
 
 Celery
   * ``Consumer.strategies[name](message, None, ack, reject, callbacks)``,
@@ -50,11 +53,17 @@ Celery
     ``pulse_prefetch_count``. Same in 5.4.0 to 5.7.0.
   * ``PromiseProxy._Proxy__local``: the app of a task not evaluated yet; without it, the
     task is evaluated at decoration (its app is finalized early).
-  * Not handled yet: on warm shutdown, Celery 5.4 to 5.6 reset the worker's hub when
-    ``asynloop`` exits and nothing turns it while the pool drains (5.7 keeps it, so that
-    timers fire). The Pulse connection then sends no heartbeats: a task that outlasts two
-    heartbeat intervals after the shutdown began loses the connection, and the messages
-    of the tasks finishing then come again (duplicates, not losses).
+  * The pool's drain on warm shutdown (:func:`celery_turns_hub_while_pool_drains`): Celery
+    5.7's prefork pool fires the hub's timers and runs the queued ack callbacks from a
+    thread while it joins (``celery.concurrency.prefork._run_ready_callbacks`` is there),
+    so the Pulse heartbeats and the acks of finishing tasks go on. Celery 5.4 to 5.6 reset
+    the hub when ``asynloop`` exits (and the consumer's close clears its timer) and turn it
+    no more; the acks wait in the hub's ready set until ``hub.close()`` (the Hub step's
+    stop, after the pool's join), and no heartbeat goes out meanwhile. No version turns it
+    for the threads and solo pools. Where Celery does not, the step's own thread keeps the
+    Pulse connection (worker/drain.py), and stops on the hub's ``on_close`` (kombu; without
+    it, at the step's shutdown). Without the check's internal the thread runs under 5.7's
+    prefork too: still correct (the thread alone writes on the Pulse connection).
   * Celery older than 5.4: refused at worker start (:func:`check_celery_version`).
 """
 
@@ -213,6 +222,19 @@ def tick_callbacks(hub: Any) -> set[Callable[[], Any]] | None:
     return callbacks
 
 
+def hub_close_callbacks(hub: Any) -> set[Callable[[Any], Any]] | None:
+    """The hub's callbacks run by ``hub.close()`` (before its ready callbacks); None if it has none."""
+    callbacks = getattr(hub, "on_close", None)
+    if not isinstance(callbacks, set):
+        warn_once(
+            "Hub.on_close",
+            "kombu's Hub.on_close is missing: on warm shutdown the thread that keeps the Pulse "
+            "connection stops at the worker step's shutdown; pulse_celery was checked with kombu 5.7",
+        )
+        return None
+    return callbacks
+
+
 class _Waker:
     """A socket pair on the hub that makes ``call_soon`` from another thread run at once (kombu < 5.7).
 
@@ -361,19 +383,34 @@ def ack_scheduler(c: Any) -> Callable[..., Any]:
     return schedule
 
 
-def run_strategy(c: Any, task_name: str, message: Any) -> None:
+def run_strategy(c: Any, task_name: str, message: Any, schedule: Callable[..., Any] | None = None) -> None:
     """Hand ``message`` to Celery's own strategy for ``task_name``, acked through the worker's loop.
 
+    ``schedule``: what the ack and reject promises call (:func:`ack_scheduler`'s by default).
     Raises KeyError when the task is not registered in this worker.
     """
     strategy = c.strategies[task_name]
-    schedule = ack_scheduler(c)
+    if schedule is None:
+        schedule = ack_scheduler(c)
     strategy(
         message,
         None,
         promise(schedule, (message.ack_log_error,)),
         promise(schedule, (message.reject_log_error,)),
         c.on_task_message,
+    )
+
+
+def celery_turns_hub_while_pool_drains(c: Any) -> bool:
+    """True when Celery itself fires the hub's timers and runs queued acks while its pool drains.
+
+    Celery 5.7's prefork pool does, from a thread of its own (see the module docstring);
+    5.4 to 5.6, and every version's threads and solo pools, do not.
+    """
+    from celery.concurrency import prefork
+
+    return callable(getattr(prefork, "_run_ready_callbacks", None)) and isinstance(
+        getattr(c, "pool", None), prefork.TaskPool
     )
 
 

@@ -43,12 +43,15 @@ class Dispatcher:
         consumer: Any,
         handoff: Handoff,
         on_handoff_failed: Callable[[BaseException], None],
+        schedule_ack: Callable[..., Any] | None = None,
     ) -> None:
+        """``schedule_ack``: what ``complete`` tasks' ack promises call (Celery's scheduler by default)."""
         self.app = app
         self.config = config
         self.consumer = consumer  # Celery's worker consumer: strategies, call_soon_ack
         self.handoff = handoff
         self.on_handoff_failed = on_handoff_failed
+        self.schedule_ack = schedule_ack
         self.origin = getattr(consumer, "hostname", None) or "pulse-celery"
         self._routes: dict[str, Route] = {}
         self._templates: dict[str, TaskTemplate] = {}
@@ -185,7 +188,7 @@ class Dispatcher:
         route = self.route(binding.task_name)
         message = TaskDeliveryMessage(delivery, task_message, route, self.dead_letter)
         try:
-            _compat.run_strategy(self.consumer, binding.task_name, message)
+            _compat.run_strategy(self.consumer, binding.task_name, message, self.schedule_ack)
         except KeyError:
             raise HandoffFailed(f"task {binding.task_name} is not registered in this worker") from None
         except (InvalidTaskError, ContentDisallowed, DecodeError) as exc:

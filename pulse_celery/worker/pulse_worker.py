@@ -6,7 +6,8 @@
   backoff after the broker refused a task message, so that nothing cycles through requeue;
 * a restart of Celery's consumer closes the Pulse connection, which returns to Pulse every
   delivery whose task Celery forgot; a warm shutdown only stops new deliveries and keeps
-  the connection for the acks of finishing tasks, then closes it;
+  the connection for the acks of finishing tasks (kept alive by a thread of ours where
+  Celery does not turn its loop while the pool drains: drain.py), then closes it;
 * a queue's failure is, for now, a failure of the connection (``isolate=False``): all the
   app's queues are declared together and reconnect together.
 """
@@ -27,6 +28,7 @@ from ..plan import QueuePlan, plan_queues
 from ..pulse.engine import Engine
 from ..pulse.loop import Backoff, Timers
 from .dispatch import Dispatcher
+from .drain import DrainKeeper
 from .handoff import Handoff
 from .metrics import StatusReporter
 from .remote import RemoteControl
@@ -72,7 +74,11 @@ class PulseWorker:
         check_policies(app, config, self.plans)
         # Task messages (enqueue) and dead letters (both policies) go through the hand-off.
         self.handoff = Handoff(app, self.hub, self._on_handoff_ready)
-        self.dispatcher = Dispatcher(app, config, c, self.handoff, self._on_handoff_failed)
+        # Acks of complete tasks: Celery's scheduler, or our thread while the pool drains.
+        self.keeper = DrainKeeper()
+        self.dispatcher = Dispatcher(
+            app, config, c, self.handoff, self._on_handoff_failed, schedule_ack=self.keeper.schedule
+        )
         self.timers = Timers(self.hub)
         self._refused = False  # the Celery broker refused a task message: held for a while
         self._refusal_backoff = Backoff()
@@ -112,6 +118,7 @@ class PulseWorker:
                 "worker with --no-pulse"
             )
         _compat.check_worker_consumer(self.c)
+        self.keeper.ready(_compat.ack_scheduler(self.c))
         for plan in self.plans:
             self.engine.consumers[plan.key].prefetch = self.prefetch_for(plan)
         self._refused = False
@@ -127,11 +134,14 @@ class PulseWorker:
             self.timers.cancel_all()
             self.engine.drain()
             self.handoff.stop_reading()
+            if not _compat.celery_turns_hub_while_pool_drains(self.c):
+                self.keeper.start(self.engine.link.wire, self.hub)
             return
         self.close("Celery's consumer is restarting")
 
     def shutdown(self) -> None:
         """The pool has drained: send the last acks, then close."""
+        self.keeper.stop()
         self.handoff.flush(timeout=10.0)
         self.close("worker shutdown")
 
