@@ -209,30 +209,32 @@ def encoded_message_class() -> type | None:
 # -- kombu -------------------------------------------------------------------------------------
 
 
-def tick_callbacks(hub: Any) -> set[Callable[[], Any]] | None:
-    """The hub's callbacks run once per turn of the loop, before it polls; None if it has none."""
-    callbacks = getattr(hub, "on_tick", None)
+def _hub_callbacks(hub: Any, name: str, without: str) -> set[Callable[..., Any]] | None:
+    """``hub.<name>``, kombu's set of callbacks; None (and one WARNING saying ``without``) if missing."""
+    callbacks = getattr(hub, name, None)
     if not isinstance(callbacks, set):
         warn_once(
-            "Hub.on_tick",
-            "kombu's Hub.on_tick is missing: Pulse acks are sent one by one as they come "
-            "(correct, more frames); pulse_celery was checked with kombu 5.7",
+            f"Hub.{name}",
+            f"kombu's Hub.{name} is missing: {without}; pulse_celery was checked with kombu 5.7",
         )
         return None
     return callbacks
+
+
+def tick_callbacks(hub: Any) -> set[Callable[[], Any]] | None:
+    """The hub's callbacks run once per turn of the loop, before it polls; None if it has none."""
+    return _hub_callbacks(
+        hub, "on_tick", "Pulse acks are sent one by one as they come (correct, more frames)"
+    )
 
 
 def hub_close_callbacks(hub: Any) -> set[Callable[[Any], Any]] | None:
     """The hub's callbacks run by ``hub.close()`` (before its ready callbacks); None if it has none."""
-    callbacks = getattr(hub, "on_close", None)
-    if not isinstance(callbacks, set):
-        warn_once(
-            "Hub.on_close",
-            "kombu's Hub.on_close is missing: on warm shutdown the thread that keeps the Pulse "
-            "connection stops at the worker step's shutdown; pulse_celery was checked with kombu 5.7",
-        )
-        return None
-    return callbacks
+    return _hub_callbacks(
+        hub,
+        "on_close",
+        "on warm shutdown the thread that keeps the Pulse connection stops at the worker step's shutdown",
+    )
 
 
 class _Waker:
