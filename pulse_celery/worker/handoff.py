@@ -10,6 +10,7 @@ transport) have no confirms: a publish that returns without error counts as conf
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import OrderedDict
@@ -75,6 +76,20 @@ def publish_with_producer(producer: Producer, message: TaskMessage, route: Route
     )
 
 
+def connect_from_host(connection: Connection, attempt: int) -> None:
+    """Connect ``connection``, starting at host ``attempt`` of a failover URL and trying each once.
+
+    With a failover broker_url (``amqp://h1;amqp://h2``) kombu tries the next host only on a
+    retry, and every attempt makes a new connection that starts at the first host, so with
+    a single try the hand-off would never leave a dead first host: each attempt starts at
+    the next host (round robin).
+    """
+    hosts = max(len(connection.alt), 1)
+    for _ in range(attempt % hosts):
+        connection.maybe_switch_next()
+    connection.ensure_connection(max_retries=hosts - 1)
+
+
 class Handoff:
     """Publish task messages to the Celery broker from the event loop, reporting each outcome.
 
@@ -98,8 +113,7 @@ class Handoff:
         self._unconfirmed: OrderedDict[int, tuple[str, OnConfirmed, OnFailed]] = OrderedDict()
         self._returned: set[str] = set()
         self._declared: set[str] = set()
-        #: connect attempts so far: each starts at the next host of a failover broker_url
-        self._attempts = 0
+        self._attempts = itertools.count()  # each starts at the next host of a failover broker_url
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -119,16 +133,8 @@ class Handoff:
         # Confirms are collected asynchronously here; py-amqp's confirm_publish (which a
         # user may set in broker_transport_options) would wait for each one instead.
         connection = self.app.connection_for_write(transport_options={"confirm_publish": False})
-        # A failover broker_url (``amqp://h1;amqp://h2``): kombu tries the next host only on a
-        # retry, and every attempt makes a new connection that starts at the first host, so
-        # with a single try the hand-off would never leave a dead first host. Start each
-        # attempt at the next host (round robin) and try every host once.
-        hosts = max(len(connection.alt), 1)
-        for _ in range(self._attempts % hosts):
-            connection.maybe_switch_next()
-        self._attempts += 1
         try:
-            connection.ensure_connection(max_retries=hosts - 1)  # the link's backoff retries
+            connect_from_host(connection, next(self._attempts))  # the link's backoff retries
             channel = None
             if connection.transport.driver_type == "amqp":
                 channel = connection.channel()
