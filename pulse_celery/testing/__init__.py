@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from ..pulse.publish import publish
 from .broker import TLS_CA_CERTS, CeleryVhost, PulseLikeBroker, queue_counts, rabbitmqctl
-from .cluster import QueueInfo, RabbitCluster, RabbitNode
+from .cluster import QueueInfo, RabbitCluster, RabbitNode, port_open
 from .fake import FakePulseConnection, FakeQueue
 from .messages import slug, taskcluster_message, taskcluster_routing_key
 from .processes import Worker, wait_until
@@ -43,6 +43,7 @@ __all__ = [
     "Worker",
     "apply_task",
     "deliver",
+    "port_open",
     "publish",
     "queue_counts",
     "rabbitmqctl",

@@ -42,7 +42,8 @@ LIGHT_ERL_ARGS = "+S 1:1 +sbwt none +sbwtdcpu none +sbwtdio none"
 DEFAULT_BASE = Path(tempfile.gettempdir()) / "pulse-celery-rabbit"
 
 
-def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """True if something accepts TCP connections on ``host:port`` now."""
     try:
         with socket.create_connection((host, port), timeout=1):
             return True
@@ -171,15 +172,15 @@ class RabbitNode:
         self.kill_leftovers()
         if fresh and self.home.exists():
             shutil.rmtree(self.home)
-        self._write_files()
+        write_node_files(self)
         self._started_once = True
-        owner = self._owner()
+        owner = rabbitmq_owner()
         log = open(self.log_dir / "stdout.log", "ab")  # noqa: SIM115 -- the child keeps it
         try:
             self.process = subprocess.Popen(
                 [SERVER],
                 cwd=self.home,
-                env=self._environment(),
+                env=node_environment(self),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -200,7 +201,7 @@ class RabbitNode:
         while True:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"RabbitMQ node {self.node} exited at start:\n{self.log_tail()}")
-            if _port_open(self.port):
+            if port_open(self.port):
                 try:
                     self.ctl("await_startup", timeout=30)
                     return
@@ -276,8 +277,6 @@ class RabbitNode:
             texts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-chars:]}")
         return "\n".join(texts)
 
-    # -- files and environment ---------------------------------------------------------
-
     def _reap(self) -> None:
         """Collect the server script's process and whatever else is left in its group."""
         if self.process is None:
@@ -292,77 +291,87 @@ class RabbitNode:
             pass
         self.process = None
 
-    def _config(self) -> str:
-        lines = [
-            f"listeners.tcp.local = 127.0.0.1:{self.port}",
-            "log.console = false",
-            "log.file.level = info",
-            # Statistics are for the management plugin, which these nodes do not run.
-            "collect_statistics_interval = 60000",
+
+# -- a node's files and environment ------------------------------------------------------
+
+
+def node_config(node: RabbitNode) -> str:
+    """The node's rabbitmq.conf: its listeners (TLS with the test CA's server certificate if asked)."""
+    lines = [
+        f"listeners.tcp.local = 127.0.0.1:{node.port}",
+        "log.console = false",
+        "log.file.level = info",
+        # Statistics are for the management plugin, which these nodes do not run.
+        "collect_statistics_interval = 60000",
+    ]
+    if node.tls_port is not None:
+        lines += [
+            f"listeners.ssl.local = 127.0.0.1:{node.tls_port}",
+            f"ssl_options.cacertfile = {TLS_CA_CERTS}",
+            f"ssl_options.certfile = {os.path.join(TLS_DIR, 'server.pem')}",
+            f"ssl_options.keyfile = {os.path.join(TLS_DIR, 'server.key')}",
+            "ssl_options.verify = verify_none",
+            "ssl_options.fail_if_no_peer_cert = false",
         ]
-        if self.tls_port is not None:
-            lines += [
-                f"listeners.ssl.local = 127.0.0.1:{self.tls_port}",
-                f"ssl_options.cacertfile = {TLS_CA_CERTS}",
-                f"ssl_options.certfile = {os.path.join(TLS_DIR, 'server.pem')}",
-                f"ssl_options.keyfile = {os.path.join(TLS_DIR, 'server.key')}",
-                "ssl_options.verify = verify_none",
-                "ssl_options.fail_if_no_peer_cert = false",
-            ]
-        return "\n".join([*lines, *self.extra_config]) + "\n"
+    return "\n".join([*lines, *node.extra_config]) + "\n"
 
-    def _write_files(self) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        (self.home / "rabbitmq.conf").write_text(self._config())
-        (self.home / "enabled_plugins").write_text("[].\n")
-        # Read by the server script and by the node itself; it replaces /etc/rabbitmq/rabbitmq-env.conf,
-        # whose NODENAME is the main node's.
-        (self.home / "rabbitmq-env.conf").write_text(
-            f"NODENAME={self.node}\nNODE_PORT={self.port}\nDIST_PORT={self.dist_port}\n"
-            "ERL_EPMD_ADDRESS=127.0.0.1\n"
-            'export ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}"\n'
-        )
-        owner = self._owner()
-        if owner is not None:
-            for path in [self.base_dir, *self._tree()]:
-                os.chown(path, owner.pw_uid, owner.pw_gid)
 
-    def _tree(self) -> Iterator[Path]:
-        yield self.home
-        yield from self.home.rglob("*")
+def write_node_files(node: RabbitNode) -> None:
+    """Make the node's directories, rabbitmq.conf, enabled_plugins and rabbitmq-env.conf."""
+    node.log_dir.mkdir(parents=True, exist_ok=True)
+    (node.home / "rabbitmq.conf").write_text(node_config(node))
+    (node.home / "enabled_plugins").write_text("[].\n")
+    # Read by the server script and by the node itself; it replaces /etc/rabbitmq/rabbitmq-env.conf,
+    # whose NODENAME is the main node's.
+    (node.home / "rabbitmq-env.conf").write_text(
+        f"NODENAME={node.node}\nNODE_PORT={node.port}\nDIST_PORT={node.dist_port}\n"
+        "ERL_EPMD_ADDRESS=127.0.0.1\n"
+        'export ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}"\n'
+    )
+    owner = rabbitmq_owner()
+    if owner is not None:
+        for path in [node.base_dir, *_tree(node)]:
+            os.chown(path, owner.pw_uid, owner.pw_gid)
 
-    def _environment(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
-        owner = self._owner()
-        if owner is not None:
-            env.update(HOME=owner.pw_dir, USER=owner.pw_name, LOGNAME=owner.pw_name)
-        home = str(self.home)
-        env.update(
-            RABBITMQ_CONF_ENV_FILE=f"{home}/rabbitmq-env.conf",
-            RABBITMQ_NODENAME=self.node,
-            RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
-            RABBITMQ_NODE_PORT=str(self.port),
-            RABBITMQ_DIST_PORT=str(self.dist_port),
-            RABBITMQ_CONFIG_FILE=f"{home}/rabbitmq.conf",
-            RABBITMQ_ADVANCED_CONFIG_FILE=f"{home}/advanced.config",
-            RABBITMQ_ENABLED_PLUGINS_FILE=f"{home}/enabled_plugins",
-            RABBITMQ_MNESIA_BASE=f"{home}/mnesia",
-            RABBITMQ_LOG_BASE=str(self.log_dir),
-            RABBITMQ_PID_FILE=str(self.pid_file),
-            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=self.erl_args,
-            ERL_EPMD_ADDRESS="127.0.0.1",
-        )
-        return env
 
-    @staticmethod
-    def _owner() -> pwd.struct_passwd | None:
-        """The ``rabbitmq`` user when we are root (its cookie is the one rabbitmqctl uses)."""
-        if os.geteuid() != 0:
-            return None
-        try:
-            return pwd.getpwnam("rabbitmq")
-        except KeyError:
-            return None
+def _tree(node: RabbitNode) -> Iterator[Path]:
+    yield node.home
+    yield from node.home.rglob("*")
+
+
+def node_environment(node: RabbitNode) -> dict[str, str]:
+    """The server script's environment: every path and port of the node, nothing of the main node's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+    owner = rabbitmq_owner()
+    if owner is not None:
+        env.update(HOME=owner.pw_dir, USER=owner.pw_name, LOGNAME=owner.pw_name)
+    home = str(node.home)
+    env.update(
+        RABBITMQ_CONF_ENV_FILE=f"{home}/rabbitmq-env.conf",
+        RABBITMQ_NODENAME=node.node,
+        RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
+        RABBITMQ_NODE_PORT=str(node.port),
+        RABBITMQ_DIST_PORT=str(node.dist_port),
+        RABBITMQ_CONFIG_FILE=f"{home}/rabbitmq.conf",
+        RABBITMQ_ADVANCED_CONFIG_FILE=f"{home}/advanced.config",
+        RABBITMQ_ENABLED_PLUGINS_FILE=f"{home}/enabled_plugins",
+        RABBITMQ_MNESIA_BASE=f"{home}/mnesia",
+        RABBITMQ_LOG_BASE=str(node.log_dir),
+        RABBITMQ_PID_FILE=str(node.pid_file),
+        RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=node.erl_args,
+        ERL_EPMD_ADDRESS="127.0.0.1",
+    )
+    return env
+
+
+def rabbitmq_owner() -> pwd.struct_passwd | None:
+    """The ``rabbitmq`` user when we are root (its cookie is the one rabbitmqctl uses)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam("rabbitmq")
+    except KeyError:
+        return None
 
 
 @dataclass

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from collections.abc import Iterator
 
 import kombu.pools
 import pytest
 
-from pulse_celery.testing import PulseLikeBroker
+from pulse_celery.testing import PulseLikeBroker, port_open
 
 from .harness import ROOT, CeleryVhost
 
@@ -18,18 +17,10 @@ TASK_COMPLETED = "exchange/taskcluster-queue/v1/task-completed"
 TASK_FAILED = "exchange/taskcluster-queue/v1/task-failed"
 
 
-def _reachable(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="session", autouse=True)
 def rabbitmq() -> None:
     """Require the local RabbitMQ: in CI its absence fails the run instead of skipping."""
-    if _reachable(5672):
+    if port_open(5672):
         return
     if os.environ.get("CI"):
         pytest.fail("RabbitMQ is not reachable on 127.0.0.1:5672, and CI must run these tests")
@@ -56,9 +47,9 @@ def tls_listener() -> None:
     The script restarts RabbitMQ the first time, so it runs before any test of the session
     that uses TLS (``.ci/run`` runs it even earlier).
     """
-    if not _reachable(5671):
+    if not port_open(5671):
         subprocess.run([str(ROOT / "scripts" / "rabbitmq-tls.sh")], check=True, timeout=300)
-    assert _reachable(5671), "no TLS listener on 127.0.0.1:5671 after scripts/rabbitmq-tls.sh"
+    assert port_open(5671), "no TLS listener on 127.0.0.1:5671 after scripts/rabbitmq-tls.sh"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
