@@ -210,11 +210,15 @@ def test_sigkill_of_the_node_the_worker_uses_and_the_queue_leader_loses_nothing(
         assert reconnected is not None and reconnected <= bound, reconnected
         assert new_leader is not None and new_leader.leader != victim.node
     finally:
-        progress.running = False
-        worker.stop(timeout=120)
-        _heal(cluster)
-        pulse.teardown()
-        celery.delete()
+        _clean_up(cluster, progress, worker, pulse, celery)
+
+
+def _clean_up(cluster, progress, worker, pulse, celery) -> None:
+    progress.running = False
+    worker.stop(timeout=120)
+    _heal(cluster)
+    pulse.teardown()
+    celery.delete()
 
 
 @pytest.mark.parametrize("policy", ["enqueue", "complete"])
@@ -254,8 +258,4 @@ def test_stop_app_of_a_follower_loses_nothing_and_does_not_stop_consumption(clus
         info = cluster.queue(pulse.vhost, queue)
         assert info is not None and follower.node in info.members, info
     finally:
-        progress.running = False
-        worker.stop(timeout=120)
-        _heal(cluster)
-        pulse.teardown()
-        celery.delete()
+        _clean_up(cluster, progress, worker, pulse, celery)
