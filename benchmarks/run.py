@@ -37,8 +37,11 @@ from pulse_celery.testing import (
     TLS_CA_CERTS,
     PulseLikeBroker,
     Worker,
+    children,
+    children_rss_kb,
     queue_counts,
     rabbitmqctl,
+    rss_kb,
     taskcluster_message,
 )
 
@@ -408,28 +411,6 @@ class CpuMeter:
             for name, used in self.used.items()
         ]
         return "CPU: " + ", ".join(parts)
-
-
-def rss_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def children(pid: int) -> list[int]:
-    try:
-        return [int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def children_rss_kb(pid: int) -> int:
-    return sum(rss_kb(k) for k in children(pid))
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = POLL, tick=None) -> bool:

@@ -52,7 +52,15 @@ from typing import Any
 
 from kombu import Connection, Exchange, Producer
 
-from pulse_celery.testing import CeleryVhost, PulseLikeBroker, RabbitNode, Worker, taskcluster_message
+from pulse_celery.testing import (
+    CeleryVhost,
+    PulseLikeBroker,
+    RabbitNode,
+    Worker,
+    children_rss_kb,
+    rss_kb,
+    taskcluster_message,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The app under test is the fault tests' own (run by `celery -A`, not imported here).
@@ -103,13 +111,6 @@ def ctl(*args: str, timeout: float = 120) -> str:
 
 class Interrupted(Exception):
     """Ctrl-C, SIGTERM or the hard stop."""
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -581,11 +582,9 @@ class Soak:
         if self.worker is None or self.worker.process is None or not self.worker.alive:
             return None
         pid = self.worker.process.pid
-        try:
-            kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            total = sum(rss_kb(p) for p in [pid, *map(int, kids)]) / 1024
-        except OSError:
-            return None
+        total = (rss_kb(pid) + children_rss_kb(pid)) / 1024
+        if not total:
+            return None  # gone meanwhile
         self.rss.setdefault(pid, []).append((time.monotonic() - T0, total))
         return total
 

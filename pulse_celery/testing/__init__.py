@@ -25,7 +25,7 @@ from .broker import TLS_CA_CERTS, CeleryVhost, PulseLikeBroker, queue_counts, ra
 from .cluster import QueueInfo, RabbitCluster, RabbitNode, port_open
 from .fake import FakePulseConnection, FakeQueue
 from .messages import slug, taskcluster_message, taskcluster_routing_key
-from .processes import Worker, wait_until
+from .processes import Worker, children, children_rss_kb, rss_kb, wait_until
 from .tasks import apply_task, deliver
 
 #: The name the tests have always used.
@@ -42,11 +42,14 @@ __all__ = [
     "RabbitNode",
     "Worker",
     "apply_task",
+    "children",
+    "children_rss_kb",
     "deliver",
     "port_open",
     "publish",
     "queue_counts",
     "rabbitmqctl",
+    "rss_kb",
     "slug",
     "taskcluster_message",
     "taskcluster_routing_key",

@@ -23,6 +23,31 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
         time.sleep(interval)
 
 
+def rss_kb(pid: int) -> int:
+    """Resident memory of process ``pid`` in KiB (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (a worker's pool), [] if it is gone."""
+    try:
+        return [int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def children_rss_kb(pid: int) -> int:
+    """Resident memory of ``pid``'s child processes together, in KiB."""
+    return sum(rss_kb(k) for k in children(pid))
+
+
 class Worker:
     """One `celery -A APP worker` process group, logging to a file."""
 
