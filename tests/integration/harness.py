@@ -11,7 +11,7 @@ from typing import Any
 
 from kombu import Connection
 
-from pulse_celery.testing import CeleryVhost, Worker, publish, wait_until
+from pulse_celery.testing import CeleryVhost, Worker, publish, rabbitmqctl, wait_until
 
 __all__ = [
     "APPS",
@@ -21,6 +21,7 @@ __all__ = [
     "Worker",
     "app_worker",
     "read_records",
+    "user_connections_tls",
     "wait_until",
 ]
 
@@ -62,6 +63,14 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def user_connections_tls(user: str) -> list[bool]:
+    """Whether each of ``user``'s connections on the broker is TLS, as RabbitMQ reports it."""
+    out = rabbitmqctl("list_connections", "user", "ssl")
+    return [
+        fields[1] == "true" for fields in (line.split("\t") for line in out.splitlines()) if fields[0] == user
+    ]
 
 
 TASK_COMPLETED = "exchange/taskcluster-queue/v1/task-completed"

@@ -13,19 +13,13 @@ from collections import Counter
 
 import pytest
 
-from pulse_celery.testing import publish, rabbitmqctl, taskcluster_message
+from pulse_celery.testing import publish, taskcluster_message
 
 from .conftest import TASK_COMPLETED, TASK_FAILED
-from .harness import ROOT, Worker, read_records, wait_until
+from .harness import ROOT, Worker, read_records, user_connections_tls, wait_until
 
 EXAMPLE = ROOT / "examples" / "taskcluster_builds"
 N_EACH = 150  # per exchange; plus events the bindings must not take
-
-
-def user_connections_tls(user: str) -> set[bool]:
-    """Whether each of ``user``'s connections on the broker is TLS, as RabbitMQ reports it."""
-    out = rabbitmqctl("list_connections", "user", "ssl")
-    return {line.split("\t")[1] == "true" for line in out.splitlines() if line.split("\t")[0] == user}
 
 
 @pytest.mark.rabbitmq
@@ -50,7 +44,7 @@ def test_every_event_invokes_the_task_exactly_once_and_the_queue_ends_empty(
     ).start()
     try:
         # The app's connections are TLS exactly when the test says so (the broker's own view).
-        assert user_connections_tls(pulse.user) == {pulse.tls}
+        assert set(user_connections_tls(pulse.user)) == {pulse.tls}
         expected = {}
         with pulse.admin_connection() as conn:
             for i in range(N_EACH):

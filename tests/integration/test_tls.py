@@ -13,17 +13,12 @@ from collections import Counter
 
 import pytest
 
-from pulse_celery.testing import TLS_CA_CERTS, rabbitmqctl
+from pulse_celery.testing import TLS_CA_CERTS
 
-from .harness import wait_until
+from .harness import user_connections_tls, wait_until
 from .proxy import TcpProxy
 from .test_acks import done_ids, faults_worker, publish_ids
 from .test_worker_step import send_celery_task
-
-
-def user_connections(user: str) -> int:
-    out = rabbitmqctl("list_connections", "user")
-    return sum(1 for line in out.splitlines() if line.strip() == user)
 
 
 @pytest.fixture
@@ -49,7 +44,7 @@ def test_a_certificate_for_another_host_is_refused_by_a_real_worker(
         assert "IP address mismatch" in worker.log() or "doesn't match" in worker.log(), worker.log()[-2000:]
         assert "pulse_ssl_ca_certs" in worker.log()
         # It is refused before any AMQP: the broker never sees the user, the queue is never made.
-        assert user_connections(pulse.user) == 0
+        assert user_connections_tls(pulse.user) == []
         assert pulse.queue_counts(f"queue/{pulse.user}/faults") is None
         # The worker stays up, runs its Celery tasks, and keeps trying.
         send_celery_task(celery_broker, {"id": 99})
@@ -71,7 +66,7 @@ def test_a_private_ca_is_refused_unless_pulse_ssl_ca_certs_names_it(pulse, celer
     worker.start(wait_for="ready.")
     try:
         assert worker.wait_for_log("certificate is not trusted for 'localhost'", timeout=30), worker.log()
-        assert user_connections(pulse.user) == 0
+        assert user_connections_tls(pulse.user) == []
     finally:
         worker.stop()
     # With it, the same worker connects and consumes over TLS.
