@@ -46,6 +46,12 @@ class Binding(PulseBinding):
     task_name: str = ""
     #: Type the task receives instead of the JSON object (a dataclass or pydantic model), or None.
     payload: type | None = None
+    #: Name of the Pulse source (``pulse_sources``) the queue is on; ``"default"``: the
+    #: single-source settings (``pulse_url``, ``pulse_user`` ...).
+    source: str = "default"
+    #: Skip redeliveries whose task was already enqueued or run (True, False), or None for
+    #: the app-wide ``pulse_dedupe``.
+    dedupe: bool | None = None
 
     def policy(self, default: str) -> str:
         """The ack policy of this binding: its own, or the app's ``default``."""
@@ -65,6 +71,8 @@ def pulse_binding(
     ack: str | None = None,
     all_messages: bool = False,
     payload: type | None = None,
+    source: str = "default",
+    dedupe: bool | None = None,
 ) -> Callable[[_T], _T]:
     """Bind the decorated Celery task to a Pulse exchange and routing-key pattern.
 
@@ -79,6 +87,11 @@ def pulse_binding(
     instead of the JSON object; a message whose payload does not fit it is dead-lettered as
     bad input (``payload-mismatch``) and never reaches the task. Every binding of one task
     names the same ``payload`` (see :mod:`pulse_celery.payloads`).
+
+    ``source`` names the Pulse service the queue is on: a key of ``app.conf.pulse_sources``,
+    or ``"default"`` for the single-source settings. ``dedupe=True`` acks, without running
+    the task again, a redelivery of a message whose task was already enqueued (``enqueue``)
+    or already succeeded (``complete``); None follows ``app.conf.pulse_dedupe``.
     """
     name, pattern = normalize_reference(exchange, routing_key)
     validate_pattern(pattern, allow_all=all_messages)
@@ -88,7 +101,21 @@ def pulse_binding(
         raise BindingError(f"ack={ack!r} is not one of {ACK_POLICIES}")
     if payload is not None:
         check_payload_type(payload)
-    binding = Binding(exchange=name, routing_key=pattern, queue=queue, ack=ack, payload=payload)
+    if not isinstance(source, str) or not source:
+        raise BindingError(
+            f"source={source!r} must name a Pulse source: a key of pulse_sources, or 'default'"
+        )
+    if dedupe not in (None, True, False):
+        raise BindingError(f"dedupe={dedupe!r} must be True, False or None (the app-wide pulse_dedupe)")
+    binding = Binding(
+        exchange=name,
+        routing_key=pattern,
+        queue=queue,
+        ack=ack,
+        payload=payload,
+        source=source,
+        dedupe=dedupe,
+    )
 
     def decorate(target: _T) -> _T:
         _attach(target, binding)

@@ -51,6 +51,30 @@ class AppConfig(PulseConfig):
     dead_letter_queue: str = setting(
         "pulse_celery.dead_letters", "Queue of the dead-letter store, on the Celery broker"
     )
+    dedupe: bool = setting(
+        False,
+        "Default of @pulse_binding(dedupe=...): ack without running again a redelivery whose task "
+        "was already enqueued (enqueue) or already succeeded (complete); needs a dedupe store",
+    )
+    dedupe_url: str | None = setting(
+        None, "Redis URL of the dedupe store (redis://host:6379/0); see the dedupe guide"
+    )
+    dedupe_ttl: float = setting(
+        86400.0,
+        "Seconds a message's entry stays in the dedupe store (a redelivery later than this runs again)",
+        check=at_least(1, "second"),
+    )
+    queues: dict[str, dict[str, Any]] | None = setting(
+        None,
+        "Per-queue settings by queue name: {'builds': {'prefetch': 50, 'max_length': 100_000, "
+        "'expires': 7 * 86400}}; unset keys follow the app-wide settings",
+    )
+    sources: dict[str, dict[str, Any]] | None = setting(
+        None,
+        "More Pulse services by name: {'community': {'url': ..., 'user': ..., 'password': ..., "
+        "'vhost': 'communitytc'}}; bindings pick one with source=; the pulse_* settings are "
+        "source 'default'",
+    )
 
 
 def app_setting(conf: Mapping[str, Any], name: str, environ: Mapping[str, str] | None = None) -> Any:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit
@@ -101,6 +101,18 @@ class PulseConfig:
         "A message delivered this many times without an ack is not run again: it goes to the "
         "failure hook or dead-letter store",
         check=at_least(1, "delivery"),
+    )
+
+    credentials: Callable[[], tuple[str, str]] | None = setting(
+        None,
+        "Callable (or 'module:name' of one) returning (user, password), asked on every connect "
+        "and again after a refused login, so that rotated credentials take effect without a restart",
+    )
+    recycle_interval: float | None = setting(
+        3600.0,
+        "Seconds after which a connection that is up is replaced by a fresh one, without losing "
+        "or repeating a message (the new one consumes before the old one stops); None: never",
+        check=at_least(1, "second, or None"),
     )
 
     @property

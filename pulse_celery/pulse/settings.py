@@ -11,8 +11,11 @@ documentation of the settings is generated from the same fields.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import functools
+import importlib
+import json
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -66,6 +69,10 @@ def type_name(tp: Any) -> str:
         return " | ".join(repr(choice) for choice in typing.get_args(tp))
     if _is_union(tp):
         return " | ".join(type_name(arg) for arg in typing.get_args(tp))
+    if typing.get_origin(tp) is collections.abc.Callable:
+        return "callable | 'module:name'"
+    if typing.get_origin(tp) is dict:
+        return "dict"
     return "None" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
@@ -107,6 +114,14 @@ def _parse(tp: Any, value: Any) -> Any:
         if text not in choices:
             raise ValueError(f"expected one of {', '.join(repr(c) for c in choices)}")
         return text
+    if typing.get_origin(tp) is collections.abc.Callable:
+        return _callable(value)
+    if typing.get_origin(tp) is dict:
+        if isinstance(value, str):
+            value = json.loads(value)  # from the environment: PULSE_QUEUES='{"builds": {...}}'
+        if not isinstance(value, Mapping):
+            raise ValueError("expected a dict")
+        return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -129,6 +144,24 @@ def _parse(tp: Any, value: Any) -> Any:
             raise ValueError("expected text")
         return value
     raise TypeError(f"settings of type {tp!r} are not supported")  # a programming error
+
+
+def _callable(value: Any) -> Any:
+    """A callable, or the one a dotted path names (``"myapp.secrets:pulse_credentials"``)."""
+    if callable(value):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a callable or the dotted path of one")
+    module_name, _, attribute = value.strip().replace(":", ".").rpartition(".")
+    if not module_name:
+        raise ValueError("expected a dotted path such as 'myapp.secrets:pulse_credentials'")
+    try:
+        found = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot import it ({exc})") from None
+    if not callable(found):
+        raise ValueError(f"{value} is not callable")
+    return found
 
 
 def read_settings(
