@@ -28,6 +28,7 @@ from .consumer import QueueConsumer
 from .delivery import Delivery
 from .depth import DepthMonitor
 from .diagnose import describe_error
+from .events import Connected, ConnectedQueue
 from .link import Link, Opener, Up
 from .loop import Timers, guarded
 from .session import Session, opener
@@ -75,9 +76,12 @@ class Engine:
         isolate: bool = True,
         connect: Callable[[], Connection] | None = None,
         on_changed: Callable[[], None] | None = None,
-        on_connected: Callable[[Up], None] | None = None,
+        on_connected: Callable[[Connected], None] | None = None,
+        source: str = "default",
     ) -> None:
         self.config = config
+        #: the Pulse source's name, for the log lines and :class:`Connected`
+        self.source = source
         self.hub = hub
         self.isolate = isolate
         #: kombu's in-memory transport shares the Celery app's connection: never close it
@@ -179,7 +183,17 @@ class Engine:
         )
         self.depth.start()
         if self._on_connected is not None:
-            guarded(self._on_connected, "the on-connect hook")(up)
+            event = Connected(
+                source=self.source,
+                queues=tuple(
+                    ConnectedQueue(c.name, c.spec.anonymous)
+                    for c in self.consumers.values()
+                    if c.wants not in ("closed", "deleted")
+                ),
+                first=self.stats.connects == 1,
+                down_for=up.down_for,
+            )
+            guarded(self._on_connected, "the on-connect hook")(event)
         self.changed()
 
     def _on_down(self, exc: BaseException, delay: float, was_up: bool) -> None:
