@@ -78,10 +78,14 @@ class QueueConsumer:
         return self.lane.in_flight if self.lane is not None and self.lane.alive else 0
 
     def state(self) -> str:
-        """consuming, paused, waiting (for the connection, the hand-off, or a retry), closed or deleted."""
+        """consuming, paused, waiting (for the connection or the hand-off), failing (the broker
+        refused its declare or closed its channel: retried alone, ``recovery.failure`` says
+        why), closed or deleted."""
         if self.wants != "consuming":
             return self.wants
-        return "consuming" if self.consuming else "waiting"
+        if self.consuming:
+            return "consuming"
+        return "failing" if self.recovery.failure else "waiting"
 
     def describe(self) -> str:
         """``queue/alice/builds -> tasks.on_build``, and whether it is paused."""

@@ -16,7 +16,7 @@ from typing import Any
 SETTLED_COUNTERS = {"ack": "acked", "reject": "rejected", "requeue": "requeued"}
 
 #: States of one queue in this worker.
-QUEUE_STATES = ("consuming", "paused", "waiting", "deleted")
+QUEUE_STATES = ("consuming", "paused", "waiting", "failing", "deleted")
 
 #: States of the worker's Pulse connection.
 CONNECTION_STATES = (
