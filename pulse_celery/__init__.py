@@ -32,9 +32,11 @@ from .errors import (
 )
 from .pulse.connection import PulseConnection, PulseQueue
 from .pulse.delivery import Delivery
+from .pulse.events import Connected, ConnectedQueue
 from .pulse.message import PulseMessage
 from .pulse.taskcluster import TaskclusterKey, routing_fields
 from .request import pulse_message
+from .signals import pulse_connected
 
 __version__ = "0.1.0"
 
@@ -45,6 +47,8 @@ __all__ = [
     "Binding",
     "BindingError",
     "ConfigError",
+    "Connected",
+    "ConnectedQueue",
     "ContentRefused",
     "Delivery",
     "HandoffFailed",
@@ -63,6 +67,7 @@ __all__ = [
     "install",
     "load_config",
     "pulse_binding",
+    "pulse_connected",
     "pulse_message",
     "routing_fields",
 ]

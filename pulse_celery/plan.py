@@ -7,13 +7,49 @@ bound to two tasks is refused here, at start-up, with the fix.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 from .bindings import Binding
 from .errors import ConfigError
 from .pulse.config import PulseConfig
-from .pulse.topology import QueueSpec, anonymous_queue_name, queue_name
+from .pulse.settings import at_least, read_settings, setting
+from .pulse.topology import QueueSpec, anonymous_queue_name, queue_name, validate_queue_suffix
+
+
+@dataclass(frozen=True)
+class QueueOptions:
+    """One queue's own settings (``pulse_queues = {"builds": {...}}``); None: the app-wide one."""
+
+    prefetch: int | None = setting(
+        None, "Deliveries the queue may hold unacknowledged", check=at_least(1, "delivery")
+    )
+    max_length: int | None = setting(None, "The queue's x-max-length", check=at_least(1, "message"))
+    expires: float | None = setting(
+        None,
+        "Seconds the queue may go unused (no consumer) before the broker deletes it (x-expires)",
+        check=at_least(1, "second"),
+    )
+
+
+def queue_options(queues: Mapping[str, Any] | None, user: str) -> dict[str, QueueOptions]:
+    """``pulse_queues`` by full queue name, checked (ConfigError with the fix)."""
+    found: dict[str, QueueOptions] = {}
+    for suffix, given in (queues or {}).items():
+        option = f"pulse_queues[{suffix!r}]"
+        if not isinstance(given, Mapping):
+            raise ConfigError(f"{option} is {given!r}; give a dict such as {{'prefetch': 50}}")
+        unknown = set(given) - set(QueueOptions.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(
+                f"{option} has unknown keys {', '.join(sorted(map(str, unknown)))}; the keys are "
+                f"{', '.join(QueueOptions.__dataclass_fields__)}"
+            )
+        values = read_settings(QueueOptions, [given], option=partial("{}[{!r}]".format, option))
+        found[queue_name(user, validate_queue_suffix(suffix))] = QueueOptions(**values)
+    return found
 
 
 @dataclass(frozen=True)
@@ -21,6 +57,8 @@ class QueuePlan(QueueSpec):
     """One Pulse queue of the app, its bindings, and the task they feed."""
 
     bindings: tuple[Binding, ...]
+    #: the queue's own prefetch (``pulse_queues``), or None for the ack policy's
+    prefetch: int | None = None
 
     @property
     def task_name(self) -> str:
@@ -36,8 +74,15 @@ class QueuePlan(QueueSpec):
         return {b.policy(default) for b in self.bindings}
 
 
-def plan_queues(config: PulseConfig, bindings: Iterable[Binding]) -> list[QueuePlan]:
-    """Group bindings into queues, checking each against what Pulse permits for the user."""
+def plan_queues(
+    config: PulseConfig, bindings: Iterable[Binding], queues: Mapping[str, Any] | None = None
+) -> list[QueuePlan]:
+    """Group bindings into queues, checking each against what Pulse permits for the user.
+
+    ``queues`` is ``pulse_queues``: each named queue's own prefetch, max length and expiry.
+    Naming a queue no binding uses is refused (a typo would otherwise go unnoticed).
+    """
+    options = queue_options(queues, config.user)
     named: dict[str, list[Binding]] = {}
     anonymous: dict[str, list[Binding]] = {}
     for b in bindings:
@@ -53,7 +98,23 @@ def plan_queues(config: PulseConfig, bindings: Iterable[Binding]) -> list[QueueP
                 f"queue {name!r} is bound to tasks {', '.join(tasks)}; a Pulse queue delivers each "
                 "message once, so give each task its own queue=..."
             )
-        plans.append(QueuePlan(name, tuple(group), anonymous=False, queue_type=config.queue_type))
+        own = options.pop(name, QueueOptions())
+        plans.append(
+            QueuePlan(
+                name,
+                tuple(group),
+                anonymous=False,
+                queue_type=config.queue_type,
+                max_length=own.max_length,
+                expires=own.expires,
+                prefetch=own.prefetch,
+            )
+        )
+    if options:
+        raise ConfigError(
+            f"pulse_queues names {', '.join(sorted(options))}, which no @pulse_binding(queue=...) "
+            f"of this app uses; the app's named queues are: {', '.join(sorted(named)) or 'none'}"
+        )
     for task_name, group in anonymous.items():
         plans.append(
             QueuePlan(

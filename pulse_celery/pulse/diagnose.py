@@ -30,7 +30,8 @@ def describe_error(exc: BaseException, config: PulseConfig, host: int = 0) -> st
         return f"{text} -- an exchange named in a binding does not exist on this Pulse vhost"
     if code == 406 or "PRECONDITION_FAILED" in text:
         return (
-            f"{text} -- the queue exists with other arguments (queue type or x-max-length); set "
-            "pulse_queue_type / pulse_queue_max_length to match it, or delete the queue"
+            f"{text} -- the queue exists with other arguments (queue type, x-max-length or "
+            "x-expires); set pulse_queue_type / pulse_queue_max_length / pulse_queues to match it, "
+            "or delete the queue (pulse-celery delete, or the pulse_delete remote-control command)"
         )
     return text

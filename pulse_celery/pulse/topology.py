@@ -17,6 +17,7 @@ from kombu import Exchange, Queue, binding
 from ..errors import BindingError, ConfigError
 from .bindings import Binding
 from .config import PulseConfig
+from .records import prune_and_record, record_queue_name
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,10 @@ class QueueSpec:
     bindings: tuple[Binding, ...]
     anonymous: bool
     queue_type: str
+    #: x-max-length of this queue, or None for the app-wide ``queue_max_length``
+    max_length: int | None = None
+    #: seconds unused before the broker deletes the queue (x-expires), or None: never
+    expires: float | None = None
 
     def exchanges(self) -> list[str]:
         return sorted({b.exchange for b in self.bindings})
@@ -83,19 +88,43 @@ def kombu_queue(config: PulseConfig, plan: QueueSpec) -> Queue:
     ]
     if plan.anonymous:
         return Queue(plan.name, bindings=bindings, exclusive=True, auto_delete=True, durable=False)
-    arguments: dict[str, object] = {"x-queue-type": "quorum"} if plan.queue_type == "quorum" else {}
-    if config.queue_max_length is not None:
-        arguments["x-max-length"] = int(config.queue_max_length)
-    return Queue(plan.name, bindings=bindings, durable=True, auto_delete=False, queue_arguments=arguments)
+    return Queue(
+        plan.name,
+        bindings=bindings,
+        durable=True,
+        auto_delete=False,
+        queue_arguments=queue_arguments(config, plan),
+    )
+
+
+def queue_arguments(config: PulseConfig, spec: QueueSpec) -> dict[str, object]:
+    """The x-arguments of a named queue: its type, max length and expiry."""
+    arguments: dict[str, object] = {"x-queue-type": "quorum"} if spec.queue_type == "quorum" else {}
+    max_length = spec.max_length if spec.max_length is not None else config.queue_max_length
+    if max_length is not None:
+        arguments["x-max-length"] = int(max_length)
+    if spec.expires is not None:
+        arguments["x-expires"] = int(spec.expires * 1000)
+    return arguments
 
 
 def declare(channel: Any, config: PulseConfig, spec: QueueSpec) -> None:
-    """Declare ``spec``'s queue, its exchanges (passively unless the user owns them) and bindings."""
+    """Declare ``spec``'s queue, its exchanges (passively unless the user owns them) and bindings.
+
+    Then, for a named queue, remove the bindings an earlier declaration recorded and this one
+    no longer has (see :mod:`~pulse_celery.pulse.records`).
+    """
     kombu_queue(config, spec).bind(channel).declare()
+    if not spec.anonymous and not config.is_memory:
+        pairs = [(b.exchange, b.routing_key) for b in spec.bindings]
+        prune_and_record(channel.connection, config.user, spec.name, pairs, spec.expires)
 
 
 def unbind_and_delete(channel: Any, spec: QueueSpec) -> int:
-    """Remove ``spec``'s bindings, then its queue; return the ready messages dropped with it."""
+    """Remove ``spec``'s bindings, its queue and its bindings record; return the ready messages dropped."""
     for b in spec.bindings:
         channel.queue_unbind(queue=spec.name, exchange=b.exchange, routing_key=b.routing_key)
-    return int(channel.queue_delete(spec.name) or 0)
+    dropped = int(channel.queue_delete(spec.name) or 0)
+    if not spec.anonymous:
+        channel.queue_delete(record_queue_name(spec.name))
+    return dropped

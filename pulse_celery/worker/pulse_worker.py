@@ -8,8 +8,8 @@
   delivery whose task Celery forgot; a warm shutdown only stops new deliveries and keeps
   the connection for the acks of finishing tasks (kept alive by a thread of ours where
   Celery does not turn its loop while the pool drains: drain.py), then closes it;
-* a queue's failure is, for now, a failure of the connection (``isolate=False``): all the
-  app's queues are declared together and reconnect together.
+* a queue whose declare or bind fails (a missing exchange, PRECONDITION_FAILED, a refused
+  permission) is retried alone with its own backoff; the app's other queues consume on.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from ..config import AppConfig
 from ..errors import ConfigError
 from ..plan import QueuePlan, plan_queues
 from ..pulse.engine import Engine
+from ..pulse.events import Connected
 from ..pulse.loop import Backoff, Timers
+from ..signals import pulse_connected
 from .dispatch import Dispatcher
 from .drain import DrainKeeper
 from .handoff import Handoff
@@ -70,7 +72,8 @@ class PulseWorker:
         self.app = app
         self.config = config
         self.hub = c.hub
-        self.plans = plan_queues(config, app_bindings(app))  # a bad binding fails the worker start
+        # A bad binding or pulse_queues entry fails the worker start.
+        self.plans = plan_queues(config, app_bindings(app), config.queues)
         check_policies(app, config, self.plans)
         # Task messages (enqueue) and dead letters (both policies) go through the hand-off.
         self.handoff = Handoff(app, self.hub, self._on_handoff_ready)
@@ -87,7 +90,12 @@ class PulseWorker:
         self.reporter = StatusReporter(c, config, self.status)
         connect = (lambda: c.connection) if config.is_memory else None
         self.engine = Engine(
-            config, self.hub, isolate=False, connect=connect, on_changed=self.reporter.changed
+            config,
+            self.hub,
+            isolate=True,
+            connect=connect,
+            on_changed=self.reporter.changed,
+            on_connected=self._on_connected,
         )
         self.remote = RemoteControl(self.engine, config)
         for plan in self.plans:
@@ -100,7 +108,9 @@ class PulseWorker:
             )
 
     def prefetch_for(self, plan: QueuePlan) -> int:
-        """Prefetch per queue: Celery's own for tasks run here, the hand-off pipe's otherwise."""
+        """Prefetch per queue: its own (pulse_queues), Celery's for tasks run here, else the hand-off's."""
+        if plan.prefetch is not None:
+            return plan.prefetch
         if plan.policies(self.config.ack_policy) == {"complete"}:
             return max(1, _compat.max_prefetch(self.c) or self.config.prefetch_count)
         return self.config.prefetch_count
@@ -155,6 +165,24 @@ class PulseWorker:
             )
         self.engine.close(why)
         self.handoff.close()
+
+    def _on_connected(self, event: Connected) -> None:
+        """Send ``pulse_connected``; a receiver's error is logged, never raised into the engine."""
+        for receiver, result in pulse_connected.send_robust(
+            sender=self.app,
+            source=event.source,
+            queues=event.queues,
+            first=event.first,
+            reconnect=event.reconnect,
+            recycled=event.recycled,
+            event=event,
+        ):
+            if isinstance(result, Exception):
+                logger.error(
+                    "A pulse_connected receiver (%r) failed: %r; Pulse consumption goes on",
+                    receiver,
+                    result,
+                )
 
     # -- the hand-off holds consumption -------------------------------------------------------
 
