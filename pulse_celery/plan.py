@@ -35,9 +35,11 @@ class QueueOptions:
 
 
 def queue_options(queues: Mapping[str, Any] | None, user: str) -> dict[str, QueueOptions]:
-    """``pulse_queues`` by full queue name, checked (ConfigError with the fix)."""
+    """``pulse_queues`` by full queue name, checked (ConfigError with the fix); ``user``'s queues only."""
     found: dict[str, QueueOptions] = {}
     for suffix, given in (queues or {}).items():
+        if suffix.startswith("queue/") and not suffix.startswith(f"queue/{user}/"):
+            continue  # another user's: another source's queue, or named by no binding
         option = f"pulse_queues[{suffix!r}]"
         if not isinstance(given, Mapping):
             raise ConfigError(f"{option} is {given!r}; give a dict such as {{'prefetch': 50}}")
@@ -75,12 +77,17 @@ class QueuePlan(QueueSpec):
 
 
 def plan_queues(
-    config: PulseConfig, bindings: Iterable[Binding], queues: Mapping[str, Any] | None = None
+    config: PulseConfig,
+    bindings: Iterable[Binding],
+    queues: Mapping[str, Any] | None = None,
+    *,
+    check_unused: bool = True,
 ) -> list[QueuePlan]:
     """Group bindings into queues, checking each against what Pulse permits for the user.
 
     ``queues`` is ``pulse_queues``: each named queue's own prefetch, max length and expiry.
-    Naming a queue no binding uses is refused (a typo would otherwise go unnoticed).
+    Naming a queue no binding uses is refused (a typo would otherwise go unnoticed), unless
+    ``check_unused`` is False (several sources: the caller checks across them).
     """
     options = queue_options(queues, config.user)
     named: dict[str, list[Binding]] = {}
@@ -110,7 +117,7 @@ def plan_queues(
                 prefetch=own.prefetch,
             )
         )
-    if options:
+    if options and check_unused:
         raise ConfigError(
             f"pulse_queues names {', '.join(sorted(options))}, which no @pulse_binding(queue=...) "
             f"of this app uses; the app's named queues are: {', '.join(sorted(named)) or 'none'}"

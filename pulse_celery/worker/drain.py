@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
@@ -70,18 +70,22 @@ class DrainKeeper:
 
     # -- the thread --------------------------------------------------------------------------
 
-    def start(self, wire: LoopConnection | None, hub: Any) -> None:
-        """Take the Pulse connection over from the stopped loop: heartbeats and acks, in a thread."""
+    def start(self, wires: Iterable[LoopConnection | None], hub: Any) -> None:
+        """Take the Pulse connections (one per source) over from the stopped loop: heartbeats and acks."""
         if self._state != _IDLE:
             return
-        heartbeat: Callable[[], Any] | None = None
+        beats: list[Callable[[], Any]] = []
         interval = 0.0
-        if wire is not None and wire.alive:
+        for wire in wires:
+            if wire is None or not wire.alive:
+                continue
             wire.detach()  # the hub's heartbeat timer must not write too (Celery 5.7 fires it)
             seconds = wire.connection.get_heartbeat_interval() or 0
             if seconds:
-                interval = seconds / 4.0  # as the loop ticks them (wire.py)
-                heartbeat = partial(wire.guard, wire.connection.connection.send_heartbeat)
+                # as the loop ticks them (wire.py); the shortest interval serves every connection
+                interval = min(interval or seconds / 4.0, seconds / 4.0)
+                beats.append(partial(wire.guard, wire.connection.connection.send_heartbeat))
+        heartbeat = partial(_each, beats) if beats else None
         with self._lock:
             self._state = _KEEPING
         self._hub_close = _compat.hub_close_callbacks(hub) if hub is not None else None
@@ -160,3 +164,8 @@ class DrainKeeper:
             call()
         except Exception:
             logger.exception("Error sending a Pulse ack or reject during the drain (the message comes again)")
+
+
+def _each(calls: list[Callable[[], Any]]) -> None:
+    for call in calls:
+        call()  # each guarded: an error loses that connection only

@@ -65,9 +65,9 @@ class StatusCollector:
 
         status = self.status()
         queues: dict[str, dict[str, Any]] = status["queues"]
-        connection = status["connection"]
+        sources: dict[str, dict[str, Any]] = status.get("sources") or {"default": status["connection"]}
         w = self.worker
-        labels = ["worker", "queue"]
+        labels = ["worker", "source", "queue"]
 
         delivered = CounterMetricFamily(
             "pulse_celery_deliveries", "Deliveries received from a Pulse queue", labels=labels
@@ -89,33 +89,39 @@ class StatusCollector:
             "pulse_celery_prefetch", "Prefetch of the queue's consumer", labels=labels
         )
         queue_state = GaugeMetricFamily(
-            "pulse_celery_queue_state", "1 for the queue's current state", labels=[*labels, "state"]
+            "pulse_celery_queue_state",
+            "1 for the queue's current state ('failing': the broker refused it; see pulse_status)",
+            labels=[*labels, "state"],
         )
-        for name, q in queues.items():
-            delivered.add_metric([w, name], q["delivered"])
-            redelivered.add_metric([w, name], q["redelivered"])
-            for key, outcome in OUTCOMES:
-                messages.add_metric([w, name, outcome], q[key])
-            in_flight.add_metric([w, name], q["in_flight"])
-            prefetch.add_metric([w, name], q["prefetch"])
+        for key, q in queues.items():
+            source = q.get("source", "default")
+            name = key.split(":", 1)[1] if source != "default" and key.startswith(f"{source}:") else key
+            at = [w, source, name]
+            delivered.add_metric(at, q["delivered"])
+            redelivered.add_metric(at, q["redelivered"])
+            for field, outcome in OUTCOMES:
+                messages.add_metric([*at, outcome], q[field])
+            in_flight.add_metric(at, q["in_flight"])
+            prefetch.add_metric(at, q["prefetch"])
             for state in QUEUE_STATES:
-                queue_state.add_metric([w, name, state], 1.0 if q["state"] == state else 0.0)
+                queue_state.add_metric([*at, state], 1.0 if q["state"] == state else 0.0)
 
         connection_state = GaugeMetricFamily(
             "pulse_celery_connection_state",
             "1 for the Pulse connection's current state",
-            labels=["worker", "state"],
+            labels=["worker", "source", "state"],
         )
-        for state in CONNECTION_STATES:
-            connection_state.add_metric([w, state], 1.0 if connection["state"] == state else 0.0)
         connects = CounterMetricFamily(
-            "pulse_celery_connects", "Pulse connections established", labels=["worker"]
+            "pulse_celery_connects", "Pulse connections established", labels=["worker", "source"]
         )
-        connects.add_metric([w], connection["connects"])
         losses = CounterMetricFamily(
-            "pulse_celery_connection_losses", "Pulse connections lost", labels=["worker"]
+            "pulse_celery_connection_losses", "Pulse connections lost", labels=["worker", "source"]
         )
-        losses.add_metric([w], connection["losses"])
+        for source, connection in sources.items():
+            for state in CONNECTION_STATES:
+                connection_state.add_metric([w, source, state], 1.0 if connection["state"] == state else 0.0)
+            connects.add_metric([w, source], connection["connects"])
+            losses.add_metric([w, source], connection["losses"])
         yield from (
             delivered,
             redelivered,

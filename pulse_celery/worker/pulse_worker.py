@@ -1,9 +1,13 @@
-"""The Pulse side of one Celery worker: the engine on the worker's hub, fed to dispatch and hand-off.
+"""The Pulse side of one Celery worker: an engine per Pulse source on the worker's hub, fed to dispatch.
 
 :class:`PulseWorker` wires the parts and owns the few decisions that are the worker's own:
 
+* each Pulse source (``pulse_sources``; the ``pulse_*`` settings are ``"default"``) has its
+  own engine: its connection, reconnects and backoff; a source that is down or refuses the
+  login holds nothing else;
 * consumption is held while the hand-off to the Celery broker is down, and for a growing
-  backoff after the broker refused a task message, so that nothing cycles through requeue;
+  backoff after the broker refused a task message, so that nothing cycles through requeue
+  (hold.py);
 * a restart of Celery's consumer closes the Pulse connection, which returns to Pulse every
   delivery whose task Celery forgot; a warm shutdown only stops new deliveries and keeps
   the connection for the acks of finishing tasks (kept alive by a thread of ours where
@@ -24,21 +28,20 @@ from .. import _compat
 from ..bindings import app_bindings, complete_without_acks_late
 from ..config import AppConfig
 from ..errors import ConfigError
-from ..plan import QueuePlan, plan_queues
+from ..plan import QueuePlan
 from ..pulse.engine import Engine
 from ..pulse.events import Connected
-from ..pulse.loop import Backoff, Timers
+from ..pulse.loop import Timers
 from ..signals import pulse_connected
+from ..sources import plan_sources
 from .dispatch import Dispatcher
 from .drain import DrainKeeper
 from .handoff import Handoff
+from .hold import HandoffHold
 from .metrics import StatusReporter
 from .remote import RemoteControl
 
 logger = logging.getLogger(__name__)
-
-#: The engine's state while the hand-off holds consumption.
-HELD = "paused-by-handoff"
 
 
 def check_policies(app: Celery, config: AppConfig, plans: list[QueuePlan]) -> None:
@@ -65,47 +68,56 @@ def check_policies(app: Celery, config: AppConfig, plans: list[QueuePlan]) -> No
 
 
 class PulseWorker:
-    """Consume the app's Pulse queues inside one Celery worker (``c.pulse``)."""
+    """Consume the app's Pulse queues inside one Celery worker (``c.pulse``), one engine per source."""
 
     def __init__(self, c: Any, app: Celery, config: AppConfig) -> None:
         self.c = c
         self.app = app
         self.config = config
         self.hub = c.hub
-        # A bad binding or pulse_queues entry fails the worker start.
-        self.plans = plan_queues(config, app_bindings(app), config.queues)
-        check_policies(app, config, self.plans)
+        # A bad binding, source or pulse_queues entry fails the worker start.
+        self.sources = plan_sources(config, app_bindings(app))
+        check_policies(app, config, [plan for source in self.sources for plan in source.plans])
         # Task messages (enqueue) and dead letters (both policies) go through the hand-off.
-        self.handoff = Handoff(app, self.hub, self._on_handoff_ready)
+        self.handoff = Handoff(app, self.hub, lambda ready: self.hold.handoff_ready(ready))
         # Acks of complete tasks: Celery's scheduler, or our thread while the pool drains.
         self.keeper = DrainKeeper()
         self.dispatcher = Dispatcher(
-            app, config, c, self.handoff, self._on_handoff_failed, schedule_ack=self.keeper.schedule
+            app,
+            config,
+            c,
+            self.handoff,
+            lambda exc: self.hold.handoff_failed(exc),
+            schedule_ack=self.keeper.schedule,
         )
         self.timers = Timers(self.hub)
-        self._refused = False  # the Celery broker refused a task message: held for a while
-        self._refusal_backoff = Backoff()
+        self.hold = HandoffHold(lambda: self.engines.values(), self.timers, lambda: self.handoff.ready)
         # Prometheus when pulse_metrics_port is set (checked here: fails the worker start),
         # Celery events otherwise.
         self.reporter = StatusReporter(c, config, self.status)
-        connect = (lambda: c.connection) if config.is_memory else None
-        self.engine = Engine(
-            config,
-            self.hub,
-            isolate=True,
-            connect=connect,
-            on_changed=self.reporter.changed,
-            on_connected=self._on_connected,
-        )
-        self.remote = RemoteControl(self.engine, config)
-        for plan in self.plans:
-            self.engine.add(
-                plan.key,
-                plan,
-                partial(self.dispatcher.on_message, plan=plan),
-                config.prefetch_count,  # set by start(): prefork's pool knows its size once started
-                label=plan.task_name,
+        #: one engine per Pulse source, each with its own connection, reconnects and backoff
+        self.engines: dict[str, Engine] = {}
+        for source in self.sources:
+            memory = source.config.is_memory
+            engine = Engine(
+                source.config,
+                self.hub,
+                isolate=True,
+                connect=(lambda: c.connection) if memory else None,
+                on_changed=self.reporter.changed,
+                on_connected=self._on_connected,
+                source=source.name,
             )
+            for plan in source.plans:
+                engine.add(
+                    plan.key,
+                    plan,
+                    partial(self.dispatcher.on_message, plan=plan),
+                    source.config.prefetch_count,  # set by start(): prefork's pool knows its size then
+                    label=plan.task_name,
+                )
+            self.engines[source.name] = engine
+        self.remote = RemoteControl(self.engines, config)
 
     def prefetch_for(self, plan: QueuePlan) -> int:
         """Prefetch per queue: its own (pulse_queues), Celery's for tasks run here, else the hand-off's."""
@@ -118,7 +130,7 @@ class PulseWorker:
     # -- starting and stopping ---------------------------------------------------------------
 
     def start(self) -> None:
-        if self.config.is_memory:
+        if any(source.config.is_memory for source in self.sources):
             if self.c.connection is None or self.c.connection.transport.driver_type != "memory":
                 raise ConfigError("pulse_url memory:// works only with a memory:// Celery broker (the demo)")
         elif self.hub is None:
@@ -129,23 +141,26 @@ class PulseWorker:
             )
         _compat.check_worker_consumer(self.c)
         self.keeper.ready(_compat.ack_scheduler(self.c))
-        for plan in self.plans:
-            self.engine.consumers[plan.key].prefetch = self.prefetch_for(plan)
-        self._refused = False
+        for source in self.sources:
+            for plan in source.plans:
+                self.engines[source.name].consumers[plan.key].prefetch = self.prefetch_for(plan)
+        self.hold.reset()
         self.reporter.start(self.timers)
         self.handoff.start()
-        self._hold_if_needed(quiet=True)
-        self.engine.start()
+        self.hold.update(quiet=True)
+        for engine in self.engines.values():
+            engine.start()
 
     def stop(self) -> None:
         """Celery stops its consumer: for a restart, close; for a warm shutdown, only stop taking."""
         if _compat.is_warm_shutdown(self.c):
             logger.info("Warm shutdown: no new Pulse deliveries; finishing the ones in flight")
             self.timers.cancel_all()
-            self.engine.drain()
+            for engine in self.engines.values():
+                engine.drain()
             self.handoff.stop_reading()
             if not _compat.celery_turns_hub_while_pool_drains(self.c):
-                self.keeper.start(self.engine.link.wire, self.hub)
+                self.keeper.start([engine.link.wire for engine in self.engines.values()], self.hub)
             return
         self.close("Celery's consumer is restarting")
 
@@ -157,13 +172,16 @@ class PulseWorker:
 
     def close(self, why: str) -> None:
         self.timers.cancel_all()
-        if self.engine.link.up is not None:
-            logger.info(
-                "Closing the Pulse connection (%s); %d unacknowledged messages go back to their queues",
-                why,
-                self.engine.in_flight(),
-            )
-        self.engine.close(why)
+        for engine in self.engines.values():
+            if engine.link.up is not None:
+                logger.info(
+                    "Closing the Pulse connection to %s (%s); %d unacknowledged messages go back to "
+                    "their queues",
+                    engine.config.safe_url(engine.host),
+                    why,
+                    engine.in_flight(),
+                )
+            engine.close(why)
         self.handoff.close()
 
     def _on_connected(self, event: Connected) -> None:
@@ -184,46 +202,11 @@ class PulseWorker:
                     result,
                 )
 
-    # -- the hand-off holds consumption -------------------------------------------------------
-
-    def _hold_if_needed(self, quiet: bool = False) -> None:
-        if self._refused or not self.handoff.ready:
-            if self.engine.held is None:
-                if not self._refused and not quiet:
-                    logger.info("Pulse consumption waits for the hand-off connection to the Celery broker")
-                self.engine.hold(HELD)
-        elif self.engine.held is not None:
-            self.engine.release()
-
-    def _on_handoff_ready(self, ready: bool) -> None:
-        if ready:
-            self._refusal_backoff.reset()
-        elif self.engine.up and self.engine.held is None:
-            logger.warning("Pulse consumption paused until the Celery broker is reachable again")
-        self._hold_if_needed()
-
-    def _on_handoff_failed(self, exc: BaseException) -> None:
-        """Stop taking Pulse deliveries for a while instead of cycling them through requeue."""
-        if self._refused or self.engine.draining or self.engine.link.state == "stopped":
-            return
-        self._refused = True
-        delay = self._refusal_backoff.next()
-        logger.warning("Pulse consumption paused for %.1f s: the Celery broker refused a task message", delay)
-        self.engine.stats.error(f"the Celery broker refused a task message: {exc}")
-        self._hold_if_needed()
-        self.timers.later(delay, self._after_refusal)
-
-    def _after_refusal(self) -> None:
-        self._refused = False
-        self._hold_if_needed()
-        if self.engine.state() == "consuming":
-            logger.info("Pulse consumption resumed: the Celery broker takes task messages again")
-
     # -- status and remote control (pulse_celery.control) --------------------------------------
 
     def state(self) -> str:
-        """The connection's state, one of :data:`pulse_celery.pulse.stats.CONNECTION_STATES`."""
-        return self.engine.state()
+        """The first source's connection state, one of :data:`pulse_celery.pulse.stats.CONNECTION_STATES`."""
+        return next(iter(self.engines.values())).state()
 
     def pause(self, queue: str | None = None) -> list[str]:
         return self.remote.pause(queue)

@@ -69,7 +69,7 @@ def test_during_the_drain_one_thread_sends_heartbeats_and_the_acks_of_finishing_
     keeper = DrainKeeper()
     keeper.ready(lambda p, *args: pytest.fail("Celery's scheduler is not used during the drain"))
     wire = FakeWire(heartbeat=0.2)
-    keeper.start(wire, hub=None)  # type: ignore[arg-type]
+    keeper.start([wire], hub=None)  # type: ignore[arg-type]
     try:
         # When tasks finish in other threads (the pool's result handling)
         message = Message()
@@ -95,7 +95,7 @@ def test_the_keeper_hands_the_connection_back_before_hub_close_runs_the_callback
     keeper = DrainKeeper()
     keeper.ready(hub.call_soon)
     wire = FakeWire(heartbeat=60)
-    keeper.start(wire, hub)
+    keeper.start([wire], hub)
     running_at_close: list[bool] = []
     # A callback Celery left on the hub (queued before the drain): hub.close() runs it
     keeping = lambda: any(t.name == "pulse-drain" for t in threading.enumerate())  # noqa: E731

@@ -69,19 +69,28 @@ def test_a_metrics_port_without_prometheus_client_fails_with_the_extra_to_instal
         require_prometheus()
 
 
-def test_collector_exposes_the_status_as_prometheus_samples():
+def test_collector_exposes_the_status_as_prometheus_samples_with_a_source_label():
     prometheus_client = pytest.importorskip("prometheus_client")
     builds = QueueStats("queue/alice/builds", "tasks.on_build", delivered=7, acked=5, dead_lettered=1)
     builds.redelivered = 2
+    community = QueueStats("queue/alice/builds", "tasks.on_community", delivered=3)
+    default_connection = ConnectionStats(state="consuming", connects=2, losses=1).snapshot()
     status = {
-        "connection": {**ConnectionStats(state="consuming", connects=2, losses=1).snapshot()},
-        "queues": {builds.name: builds.snapshot(state="paused", prefetch=8, in_flight=2)},
+        "connection": default_connection,
+        "sources": {"default": default_connection, "community": ConnectionStats(state="lost").snapshot()},
+        "queues": {
+            builds.name: {**builds.snapshot(state="paused", prefetch=8, in_flight=2), "source": "default"},
+            f"community:{community.name}": {
+                **community.snapshot(state="waiting", prefetch=200, in_flight=0),
+                "source": "community",
+            },
+        },
     }
     registry = prometheus_client.CollectorRegistry(auto_describe=False)
     registry.register(StatusCollector(lambda: status, "w1@host"))
 
-    def value(name, **labels):
-        return registry.get_sample_value(name, {"worker": "w1@host", **labels})
+    def value(name, source="default", **labels):
+        return registry.get_sample_value(name, {"worker": "w1@host", "source": source, **labels})
 
     q = {"queue": builds.name}
     assert value("pulse_celery_deliveries_total", **q) == 7
@@ -95,5 +104,9 @@ def test_collector_exposes_the_status_as_prometheus_samples():
     assert value("pulse_celery_queue_state", state="consuming", **q) == 0
     assert value("pulse_celery_connects_total") == 2
     assert value("pulse_celery_connection_losses_total") == 1
+    # the same queue name on another source is its own series
+    assert value("pulse_celery_deliveries_total", source="community", **q) == 3
+    assert value("pulse_celery_queue_state", source="community", state="waiting", **q) == 1
+    assert value("pulse_celery_connection_state", source="community", state="lost") == 1
     states = {s: value("pulse_celery_connection_state", state=s) for s in CONNECTION_STATES}
     assert states == {s: (1.0 if s == "consuming" else 0.0) for s in CONNECTION_STATES}
