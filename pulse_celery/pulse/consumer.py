@@ -213,6 +213,7 @@ class QueueConsumer:
             self.stats.delivered += 1
         else:
             lane.delivered(delivery.delivery_tag, delivery.redelivered)
+        self.engine.served()
         try:
             self.on_message(delivery)
         except Exception:

@@ -238,6 +238,15 @@ class Engine:
 
     # -- what consumers use --------------------------------------------------------------------
 
+    def served(self) -> None:
+        """A queue got a delivery: the connection works, so a later loss reconnects without a long backoff.
+
+        (A connection that never delivers, lost again and again, backs off up to 30 s; one that
+        was closed while messages flowed comes back at once.)
+        """
+        if self.link.backoff.attempt:
+            self.link.healthy()
+
     def soon(self, fun: Callable[[], Any]) -> None:
         if self.hub is not None:
             self.hub.call_soon(guarded(fun, "a Pulse queue"))
