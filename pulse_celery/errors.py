@@ -10,7 +10,8 @@ The tree::
     │   ├── UndecodableBody    JSON that does not parse (bad UTF-8, syntax, depth, huge ints)
     │   ├── NoMatchingBinding  came from an exchange or routing key no binding names
     │   └── PayloadMismatch    JSON that does not fit the binding's payload type (model, dataclass)
-    └── HandoffFailed          the task message did not reach the Celery broker safely
+    ├── HandoffFailed          the task message did not reach the Celery broker safely
+    └── CredentialsUnavailable pulse_credentials raised, or returned what cannot be used
 
 Errors raised by the Pulse connection itself stay inside the worker step: they are
 logged, the connection is re-established, and they never stop the Celery worker.
@@ -71,3 +72,10 @@ class PayloadMismatch(BadMessage):
 
 class HandoffFailed(PulseCeleryError):
     """The task message was not confirmed by the Celery broker (nacked, returned or lost)."""
+
+
+class CredentialsUnavailable(PulseCeleryError):
+    """``pulse_credentials`` raised, or returned something other than this config's (user, password).
+
+    It fails that one connect attempt: the next one (after the backoff) asks the provider again.
+    """

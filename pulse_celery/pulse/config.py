@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit
 
-from ..errors import ConfigError
+from ..errors import ConfigError, CredentialsUnavailable
+from .credentials import ask as ask_credentials
 from .settings import at_least, environment, read_settings, setting
 
 #: Production Pulse (firefox-ci); used when no URL is configured.
@@ -106,7 +107,9 @@ class PulseConfig:
     credentials: Callable[[], tuple[str, str]] | None = setting(
         None,
         "Callable (or 'module:name' of one) returning (user, password), asked on every connect "
-        "and again after a refused login, so that rotated credentials take effect without a restart",
+        "attempt (so again after a refused login, and at each recycle): rotated credentials take "
+        "effect without a restart. The user names the queues and must not change; without "
+        "pulse_user the provider is asked once when the settings are read, to learn it",
     )
     recycle_interval: float | None = setting(
         3600.0,
@@ -292,6 +295,17 @@ def check_user(user: str) -> None:
         )
 
 
+def _user_named(url: Any, user: str | None, environ: Mapping[str, str]) -> bool:
+    """Whether the settings name the user (the setting, the URL's, ``PULSE_USERNAME``)."""
+    if user or environ.get("PULSE_USERNAME"):
+        return True
+    urls = split_urls(url) if url else []
+    try:
+        return bool(urls) and bool(urlsplit(urls[0]).username)
+    except ValueError:
+        return False
+
+
 def build_config(
     cls: type[PulseConfig],
     given: Mapping[str, Any],
@@ -313,13 +327,25 @@ def build_config(
         environ,
         option=option_prefix + "url",
     )
-    check_user(user)
     values = read_settings(
         cls,
         [given, env],
         option=lambda name: option_prefix + name,
         skip=frozenset({"url", "user", "password"}),
     )
+    provider = values.get("credentials")
+    if provider is not None and not _user_named(
+        given.get("url") or env.get("url"), given.get("user"), environ
+    ):
+        # The user fixes the queue names (queue/<user>/...): learn it once, now.
+        try:
+            user, password = ask_credentials(provider)
+        except CredentialsUnavailable as exc:
+            raise ConfigError(
+                f"{exc}; it was asked for the Pulse user, which names the queues: fix it, or set "
+                f"{option_prefix}user so that the user is known without asking"
+            ) from exc
+    check_user(user)
     values.setdefault("vhost", vhost)
     config = cls(url=url, user=user, password=password, **values)
     remote = [config.host_name(i) for i in range(len(config.hosts)) if not _is_loopback(config.host_name(i))]

@@ -21,6 +21,11 @@ def describe_error(exc: BaseException, config: PulseConfig, host: int = 0) -> st
         )
     if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
         return f"{text} -- amqps:// reached a port without TLS; Pulse's TLS port is 5671"
+    if (code == 403 or "ACCESS_REFUSED" in text) and config.credentials is not None:
+        return (
+            f"{text} -- check what pulse_credentials returns (it is asked again on the next "
+            f"attempt), and that queues are named queue/{config.user}/... and foreign exchanges exist"
+        )
     if code == 403 or "ACCESS_REFUSED" in text:
         return (
             f"{text} -- check pulse_user/pulse_password, and that queues are named "

@@ -25,6 +25,7 @@ from kombu.asynchronous import Hub
 from .. import _compat
 from .config import PulseConfig
 from .consumer import QueueConsumer
+from .credentials import current as current_credentials
 from .delivery import Delivery
 from .depth import DepthMonitor
 from .diagnose import describe_error
@@ -39,8 +40,17 @@ logger = logging.getLogger(__name__)
 
 
 def open_connection(config: PulseConfig, host: int = 0, **options: Any) -> Connection:
-    """Connect to Pulse host ``host`` once (the link's backoff decides when to try again)."""
-    connection = Connection(**config.connection_kwargs(host), **options)
+    """Connect to Pulse host ``host`` once (the link's backoff decides when to try again).
+
+    With ``pulse_credentials`` the provider is asked first, here (a connect thread, or a
+    one-off command): its failure is this attempt's failure.
+    """
+    kwargs = config.connection_kwargs(host)
+    if config.credentials is not None and not config.is_memory:
+        kwargs["userid"], kwargs["password"] = current_credentials(
+            config.user, config.password, config.credentials
+        )
+    connection = Connection(**kwargs, **options)
     try:
         connection.ensure_connection(max_retries=0)
     except Exception:
