@@ -64,6 +64,15 @@ Celery
     Pulse connection (worker/drain.py), and stops on the hub's ``on_close`` (kombu; without
     it, at the step's shutdown). Without the check's internal the thread runs under 5.7's
     prefork too: still correct (the thread alone writes on the Pulse connection).
+  * ``celery.worker.state.requests`` (task id -> request, reserved or running in this
+    worker) and ``Request.message``: under ``complete`` a redelivery whose task id is still
+    reserved or running here follows that request instead of being handed to Celery twice
+    (:func:`unfinished_request_message`); without them, it is handed to Celery (it may run
+    twice, as without a stable id). Same in 5.4.0 to 5.7.0.
+  * The task tracer calls ``task.run`` as it found it when built (``build_tracer``, in the
+    main process at consumer start and in each prefork child at its start): an instance
+    attribute ``run`` set before then is what runs (:func:`wrap_task_run`, dedupe's guard).
+    Same in 5.4.0 to 5.7.0; a task class with its own ``__call__`` calls ``self.run`` too.
   * Celery older than 5.4: refused at worker start (:func:`check_celery_version`).
 """
 
@@ -459,3 +468,28 @@ def app_of_task_proxy(target: Any) -> Any:
             "at decoration, which finalizes its app early",
         )
         return target._get_current_object().app
+
+
+def unfinished_request_message(task_id: str) -> Any:
+    """The message of this worker's reserved or running request ``task_id``, or None."""
+    try:
+        from celery.worker import state
+    except ImportError:  # pragma: no cover
+        return None
+    request = getattr(state, "requests", {}).get(task_id)
+    if request is None:
+        return None
+    return getattr(request, "message", None)
+
+
+def wrap_task_run(task: Any, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    """Make ``task`` run ``wrap(task.run)``; once per task (a second call does nothing).
+
+    Set before the worker's tracers are built (the pool starts after the consumer steps are
+    made), so Celery's tracer calls the wrapped ``run`` in every pool process.
+    """
+    if getattr(task.run, "__pulse_celery_wrapped__", False):
+        return
+    wrapped = wrap(task.run)
+    wrapped.__pulse_celery_wrapped__ = True  # type: ignore[attr-defined]
+    task.run = wrapped

@@ -52,6 +52,11 @@ class QueueStats:
     redelivered: int = 0
     #: Kept in the dead-letter store on the Celery broker (then acked: also counted in acked).
     dead_lettered: int = 0
+    #: Acked without running (or enqueueing) again: the same message's task was already
+    #: enqueued or succeeded (dedupe on), or is still running in this worker (complete).
+    deduplicated: int = 0
+    #: Handled without dedupe because the dedupe store could not be reached.
+    dedupe_unavailable: int = 0
     last_error: str | None = None
     #: Unix time of ``last_error``.
     last_error_at: float | None = None
@@ -77,6 +82,8 @@ class QueueStats:
             "requeued": self.requeued,
             "redelivered": self.redelivered,
             "dead_lettered": self.dead_lettered,
+            "deduplicated": self.deduplicated,
+            "dedupe_unavailable": self.dedupe_unavailable,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
         }

@@ -5,6 +5,12 @@ if Celery had consumed a task message: acks_late, reject_on_worker_lost, time li
 retries behave as for any task. The message it is given is a :class:`TaskDeliveryMessage`:
 a task-protocol-2 message whose ack and reject go to the Pulse delivery behind it, on the
 Pulse channel it came on.
+
+A redelivery of a message whose task is still reserved or running in this worker (the
+first copy's channel was lost, so its ack will go nowhere) is not handed to Celery again:
+it *follows* the first copy (:meth:`TaskDeliveryMessage.follow`) and is settled as that one
+is, acked when it is acked (counted ``deduplicated``), requeued otherwise. Celery keeps its
+requests by task id, and the task id of a Pulse message is the same on every delivery.
 """
 
 from __future__ import annotations
@@ -47,9 +53,28 @@ class TaskDeliveryMessage(Message):
         self.delivery = delivery
         self.dead_letter = dead_letter
         self.task_name = task_message.headers["task"]
+        #: redeliveries of the same message waiting for this one to settle
+        self.followers: list[Delivery] = []
+
+    def follow(self, delivery: Delivery) -> bool:
+        """Settle ``delivery`` as this message is settled; False if this one is settled already."""
+        if self.delivery.settled:
+            return False
+        self.followers.append(delivery)
+        return True
+
+    def _settle_followers(self, ack: bool) -> None:
+        followers, self.followers = self.followers, []
+        for follower in followers:
+            if ack:
+                follower.lane.stats.deduplicated += 1
+                follower.ack()
+            else:
+                follower.reject(requeue=True)
 
     def ack(self, multiple: bool = False) -> None:
         self.delivery.ack()
+        self._settle_followers(ack=True)
         _compat.set_message_state(self, "ACK")
 
     def reject(self, requeue: bool = False) -> None:
@@ -61,6 +86,8 @@ class TaskDeliveryMessage(Message):
             self.dead_letter(
                 self.delivery, self.task_name, "rejected-by-task", "Celery rejected it without requeue"
             )
+        # Not acked: a follower goes back to the queue (a dead letter, if any, came from this one).
+        self._settle_followers(ack=False)
         _compat.set_message_state(self, "REQUEUED" if requeue else "REJECTED")
 
     def requeue(self) -> None:

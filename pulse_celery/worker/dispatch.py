@@ -6,12 +6,19 @@ worker's pool through Celery's own strategy, with the Pulse delivery as the mess
 acks, so acks_late, reject_on_worker_lost, time limits and retries behave as for any task.
 A delivery that cannot become a task (:class:`~pulse_celery.errors.BadMessage`) is rejected
 without requeue and logged once.
+
+Every task invocation's id is the message's stable id
+(:func:`~pulse_celery.pulse.identity.message_id`, scoped by the task name): the same on every
+redelivery and on every worker. With dedupe on for the binding, a redelivery already handled
+is acked without running again (dedupe_gate.py), and the task is guarded where it runs
+(guard.py).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from celery import Celery
@@ -19,14 +26,18 @@ from celery.exceptions import InvalidTaskError
 from kombu.exceptions import ContentDisallowed, DecodeError
 
 from .. import _compat
-from ..bindings import Binding
+from ..bindings import Binding, app_bindings
 from ..config import AppConfig
 from ..errors import BadMessage, HandoffFailed, NoMatchingBinding
 from ..plan import QueuePlan
 from ..pulse.delivery import Delivery
+from ..pulse.identity import message_id
 from ..pulse.message import PulseMessage, RawDelivery, check_content, decode_body, delivery_count
 from .celery_message import TaskDeliveryMessage
 from .deadletters import as_task_message, dead_letter_route, make_dead_letter
+from .dedupe import DEDUPE_HEADER, DedupeStore, require_redis, store_url
+from .dedupe_gate import DedupeGate
+from .guard import install_guard
 from .handoff import Handoff, Route, resolve_route
 from .taskmessage import TaskMessage, TaskTemplate
 
@@ -54,8 +65,23 @@ class Dispatcher:
         self.schedule_ack = schedule_ack
         self.origin = getattr(consumer, "hostname", None) or "pulse-celery"
         self._routes: dict[str, Route] = {}
-        self._templates: dict[str, TaskTemplate] = {}
+        self._templates: dict[tuple[str, bool], TaskTemplate] = {}
         self.dead_letter_route = dead_letter_route(app)
+        #: None unless a binding has dedupe on; then set up here, failing the worker start
+        #: (ConfigError) without a store
+        self.dedupe_gate: DedupeGate | None = None
+        deduped = {b.task_name for b in app_bindings(app) if self.dedupe_on(b)}
+        if deduped:
+            require_redis()
+            store = DedupeStore(store_url(config.dedupe_url, app.conf.result_backend), config.dedupe_ttl)
+            install_guard(app, deduped, store)
+            self.dedupe_gate = DedupeGate(store, _compat.tick_callbacks(getattr(consumer, "hub", None)))
+            handoff.after_confirms.add(self.dedupe_gate.flush)
+
+    def dedupe_on(self, binding: Binding) -> bool:
+        if binding.dedupe is not None:
+            return binding.dedupe
+        return bool(getattr(self.config, "dedupe", False))  # a bare PulseConfig has none
 
     def policy(self, binding: Binding) -> str:
         return binding.policy(self.config.ack_policy)
@@ -66,10 +92,12 @@ class Dispatcher:
             route = self._routes[task_name] = resolve_route(self.app, task_name)
         return route
 
-    def template(self, task_name: str) -> TaskTemplate:
-        template = self._templates.get(task_name)
+    def template(self, task_name: str, dedupe: bool = False) -> TaskTemplate:
+        template = self._templates.get((task_name, dedupe))
         if template is None:
-            template = self._templates[task_name] = TaskTemplate(self.app, task_name, self.origin)
+            extra = {DEDUPE_HEADER: True} if dedupe else None
+            template = TaskTemplate(self.app, task_name, self.origin, extra)
+            self._templates[task_name, dedupe] = template
         return template
 
     def on_message(self, delivery: Delivery, plan: QueuePlan) -> None:
@@ -82,8 +110,13 @@ class Dispatcher:
         try:
             # Decoded only to check it: the body goes into the task message as it came.
             binding, _payload = self._decode(raw, meta, plan)
-            task_message = self.template(binding.task_name).build(raw.body, meta)
-            if self.policy(binding) == "complete":
+            task_id = message_id(meta.exchange, meta.routing_key, raw.body, binding.task_name)
+            policy = self.policy(binding)
+            gate = self.dedupe_gate if self.dedupe_on(binding) else None
+            if gate is not None and gate.already_handled(delivery, task_id, policy):
+                return
+            task_message = self.template(binding.task_name, gate is not None).build(raw.body, meta, task_id)
+            if policy == "complete":
                 # Runs here: a message that kills the worker each time must not loop forever.
                 # (Under enqueue, returns mostly mean the Celery broker refused; not poison.)
                 deliveries = delivery_count(raw.headers)
@@ -98,7 +131,7 @@ class Dispatcher:
                     return
                 self._run_here(delivery, binding, task_message)
             else:
-                self._enqueue(delivery, binding, task_message)
+                self._enqueue(delivery, binding, task_message, gate)
         except BadMessage as exc:
             self.dead_letter(delivery, plan.task_name, exc.reason, str(exc))
         except Exception:
@@ -168,7 +201,9 @@ class Dispatcher:
 
         self.handoff.publish(as_task_message(letter), self.dead_letter_route, on_kept, on_failed)
 
-    def _enqueue(self, delivery: Delivery, binding: Binding, task_message: TaskMessage) -> None:
+    def _enqueue(
+        self, delivery: Delivery, binding: Binding, task_message: TaskMessage, gate: DedupeGate | None
+    ) -> None:
 
         def on_failed(exc: BaseException) -> None:
             logger.warning(
@@ -182,9 +217,25 @@ class Dispatcher:
             delivery.reject(requeue=True)
             self.on_handoff_failed(exc)
 
-        self.handoff.publish(task_message, self.route(binding.task_name), delivery.ack, on_failed)
+        if gate is None:
+            on_confirmed = delivery.ack
+        else:
+            on_confirmed = partial(gate.ack_when_recorded, delivery, task_message.task_id)
+        self.handoff.publish(task_message, self.route(binding.task_name), on_confirmed, on_failed)
 
     def _run_here(self, delivery: Delivery, binding: Binding, task_message: TaskMessage) -> None:
+        # Celery keeps its requests by task id: the same message still reserved or running
+        # here (its first channel lost) is followed, not handed to Celery a second time.
+        first = _compat.unfinished_request_message(task_message.task_id)
+        if isinstance(first, TaskDeliveryMessage) and first.follow(delivery):
+            logger.info(
+                "Redelivered Pulse message from %s (%s) is still running here as task %s; it is "
+                "acked when that run is",
+                delivery.exchange,
+                delivery.routing_key,
+                task_message.task_id,
+            )
+            return
         route = self.route(binding.task_name)
         message = TaskDeliveryMessage(delivery, task_message, route, self.dead_letter)
         try:

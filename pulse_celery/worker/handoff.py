@@ -114,6 +114,8 @@ class Handoff:
         self._returned: set[str] = set()
         self._declared: set[str] = set()
         self._attempts = itertools.count()  # each starts at the next host of a failover broker_url
+        #: called after each batch of confirms has been reported (dedupe writes its entries then)
+        self.after_confirms: set[Callable[[], None]] = set()
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -321,6 +323,8 @@ class Handoff:
                 on_failed(HandoffFailed("the Celery broker refused the task message (basic.nack)"))
             else:
                 on_confirmed()
+        for after in tuple(self.after_confirms):
+            after()
 
     def _on_basic_ack(self, delivery_tag: int, multiple: bool) -> None:
         self._settle(delivery_tag, multiple, nacked=False)

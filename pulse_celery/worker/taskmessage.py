@@ -88,10 +88,14 @@ class TaskTemplate:
     #: header entries that change from one message to the next
     PER_MESSAGE = ("id", "root_id", "argsrepr", HEADER)
 
-    def __init__(self, app: Celery, task_name: str, origin: str) -> None:
+    def __init__(
+        self, app: Celery, task_name: str, origin: str, extra_headers: dict[str, Any] | None = None
+    ) -> None:
+        """``extra_headers``: fixed headers of every message of this template (e.g. dedupe's)."""
         headers, properties, body, _ = app.amqp.as_task_v2(
             "template", task_name, args=(None,), kwargs={}, origin=origin, argsrepr="", kwargsrepr="{}"
         )
+        headers.update(extra_headers or {})
         self.headers = headers
         self.properties = properties
         _args, kwargs, embed = body
@@ -106,12 +110,14 @@ class TaskTemplate:
             )
             self._encoder = None
 
-    def build(self, json_body: bytes, meta: PulseMessage) -> TaskMessage:
+    def build(self, json_body: bytes, meta: PulseMessage, task_id: str | None = None) -> TaskMessage:
         """Return the task message for a Pulse body that :func:`~.message.decode_body` accepted.
 
         ``json_body`` must be UTF-8 JSON: it goes into the message body byte for byte.
+        ``task_id``: the message's stable id (:func:`~pulse_celery.pulse.identity.message_id`);
+        None: a random one.
         """
-        task_id = gen_unique_id()
+        task_id = task_id or gen_unique_id()
         argsrepr = meta.describe()
         pulse = meta.as_header()
         headers = {

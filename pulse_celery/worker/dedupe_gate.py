@@ -1,0 +1,97 @@
+"""In the worker's main process: ack a redelivery already handled; record an enqueue before its ack.
+
+Per delivery of a binding with dedupe on (task id: the message's stable id):
+
+* a delivery the broker flags as seen before (``redelivered``, or a quorum queue's
+  ``x-delivery-count`` above 0) is looked up in the store; ``succeeded`` (both policies) or
+  ``enqueued`` (``enqueue``) means it is acked without running or enqueueing it again, and
+  counted (``deduplicated``). Only such deliveries are looked up: RabbitMQ guarantees that a
+  message without the flag was never delivered before, so a lookup of every message (one
+  Redis round trip each, on the worker's event loop) would buy nothing against lost acks;
+* under ``enqueue``, once the Celery broker confirms a task message its entry becomes
+  ``enqueued``, then the Pulse message is acked. The entries of one batch of confirms go to
+  Redis in one pipeline (after each batch the hand-off reports, or at the next turn of the
+  event loop), so the cost is one round trip per batch, not per message.
+
+The store down: the delivery is handled as without dedupe and counted (``dedupe_unavailable``);
+an enqueue whose entry could not be written is acked all the same (requeueing it would make
+a duplicate certain; acking it makes one possible only if the ack is lost too).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..pulse.delivery import Delivery
+from ..pulse.message import delivery_count
+from .dedupe import ENQUEUED, SUCCEEDED, DedupeStore, StoreUnavailable, dedupe_key
+
+logger = logging.getLogger(__name__)
+
+
+def seen_before(delivery: Delivery) -> bool:
+    """True when the broker says the message may have been delivered before."""
+    return delivery.redelivered or delivery_count(delivery.headers) > 0
+
+
+def count_deduplicated(delivery: Delivery) -> None:
+    stats: Any = delivery.lane.stats
+    stats.deduplicated += 1
+
+
+class DedupeGate:
+    """Look up redeliveries; write ``enqueued`` entries in batches and ack their deliveries after."""
+
+    def __init__(self, store: DedupeStore, ticks: set[Callable[[], Any]] | None) -> None:
+        """``ticks``: the hub's once-per-turn callbacks (a batch not flushed by the hand-off is, there)."""
+        self.store = store
+        self._ticks = ticks
+        self._pending: list[tuple[str, Delivery]] = []
+
+    def already_handled(self, delivery: Delivery, task_id: str, policy: str) -> bool:
+        """Ack ``delivery`` and return True if its task already succeeded (or was enqueued, under enqueue)."""
+        if not seen_before(delivery):
+            return False
+        try:
+            state = self.store.state(dedupe_key(delivery.queue, task_id))
+        except StoreUnavailable:
+            delivery.lane.stats.dedupe_unavailable += 1
+            return False
+        if state == SUCCEEDED or (state == ENQUEUED and policy == "enqueue"):
+            logger.info(
+                "Redelivered Pulse message from %s (%s), task id %s, was already %s; acked, not %s again",
+                delivery.exchange,
+                delivery.routing_key,
+                task_id,
+                state,
+                "run" if policy == "complete" else "enqueued",
+            )
+            count_deduplicated(delivery)
+            delivery.ack()
+            return True
+        return False
+
+    def ack_when_recorded(self, delivery: Delivery, task_id: str) -> None:
+        """The task message is confirmed: record ``enqueued``, then ack (batched, see the module)."""
+        self._pending.append((dedupe_key(delivery.queue, task_id), delivery))
+        if self._ticks is None:
+            self.flush()
+        elif len(self._pending) == 1:
+            self._ticks.add(self.flush)
+
+    def flush(self) -> None:
+        """Write the pending entries in one pipeline, then ack their deliveries."""
+        if self._ticks is not None:
+            self._ticks.discard(self.flush)
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        try:
+            self.store.record([key for key, _ in pending], ENQUEUED)
+        except StoreUnavailable:
+            for _, delivery in pending:
+                delivery.lane.stats.dedupe_unavailable += 1
+        for _, delivery in pending:
+            delivery.ack()

@@ -1,0 +1,95 @@
+"""Run a deduped Pulse task once: skip it where it runs if it already succeeded; record success at once.
+
+Installed on every task that a binding with dedupe on invokes, it wraps the task's ``run``
+in the process that runs it (a prefork child, a thread, or the worker itself):
+
+* before the task runs, a *redelivered* message's task (flagged so by Pulse, or by the
+  Celery broker under ``enqueue``) whose entry is ``succeeded`` is not run: it ends as
+  Celery's ``Ignore`` (acked, no result stored over the first run's);
+* as soon as the task returns, its entry becomes ``succeeded``, from that process, before
+  the worker's main process even learns of the result, so before any ack: a SIGKILL of the
+  worker after this point cannot make the task run again.
+
+Only task messages with the ``pulse_dedupe`` header are touched (a task called the ordinary
+Celery way runs as always). What remains: a task killed between its last effect and the
+write of its entry (microseconds) runs again; a task that died mid-run runs again; two
+copies of one message running at the same moment (possible only when an ``enqueue``
+record was lost with a killed worker) both run. When the store is down the task runs
+and its success is not recorded (see dedupe.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import partial, wraps
+from typing import Any
+
+from celery import Celery
+from celery.exceptions import Ignore
+
+from .. import _compat
+from ..request import pulse_message
+from .dedupe import DEDUPE_HEADER, SUCCEEDED, DedupeStore, StoreUnavailable, dedupe_key
+
+logger = logging.getLogger(__name__)
+
+
+def install_guard(app: Celery, task_names: set[str], store: DedupeStore) -> None:
+    """Wrap the ``run`` of each of ``task_names`` with the guard (once per task)."""
+    for name in sorted(task_names):
+        task = app.tasks[name]
+        _compat.wrap_task_run(task, partial(guarded, task, store=store))
+
+
+def _dedupe_requested(request: Any) -> bool:
+    # Where the worker puts a header (request.<name>), and where an eager apply does.
+    headers = getattr(request, "headers", None)
+    return bool(
+        getattr(request, DEDUPE_HEADER, None) or (isinstance(headers, dict) and headers.get(DEDUPE_HEADER))
+    )
+
+
+def _redelivered(request: Any, queue_redelivered: bool) -> bool:
+    info = getattr(request, "delivery_info", None) or {}
+    return bool(queue_redelivered or info.get("redelivered"))
+
+
+def guarded(task: Any, run: Callable[..., Any], *, store: DedupeStore) -> Callable[..., Any]:
+    """``run``, skipped for a redelivery whose entry is ``succeeded``, recording success when it returns."""
+
+    @wraps(run)
+    def run_once(*args: Any, **kwargs: Any) -> Any:
+        request = task.request
+        meta = pulse_message(request) if _dedupe_requested(request) else None
+        if meta is None or not request.id:
+            return run(*args, **kwargs)
+        key = dedupe_key(meta.queue, request.id)
+        if _redelivered(request, meta.redelivered):
+            try:
+                state = store.state(key)
+            except StoreUnavailable:
+                state = None  # run it: at least once (dedupe.py says why)
+            if state == SUCCEEDED:
+                logger.info(
+                    "Task %s[%s] for the Pulse message from %s (%s) already succeeded (dedupe store); "
+                    "not run again, its message is acked",
+                    task.name,
+                    request.id,
+                    meta.exchange,
+                    meta.routing_key,
+                )
+                raise Ignore()
+        result = run(*args, **kwargs)
+        try:
+            store.record([key], SUCCEEDED)
+        except StoreUnavailable:
+            logger.warning(
+                "Task %s[%s] succeeded but the dedupe store did not record it; a redelivery of its "
+                "Pulse message would run it again",
+                task.name,
+                request.id,
+            )
+        return result
+
+    return run_once

@@ -1,0 +1,264 @@
+"""The dedupe store, the gate in the main process and the guard where the task runs."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from pulse_celery import pulse_binding
+from pulse_celery.errors import ConfigError
+from pulse_celery.pulse.message import PulseMessage
+from pulse_celery.pulse.stats import QueueStats
+from pulse_celery.request import HEADER
+from pulse_celery.testing import port_open
+from pulse_celery.worker.dedupe import (
+    DEDUPE_HEADER,
+    ENQUEUED,
+    SUCCEEDED,
+    DedupeStore,
+    StoreUnavailable,
+    dedupe_key,
+    store_url,
+)
+from pulse_celery.worker.dedupe_gate import DedupeGate
+from pulse_celery.worker.guard import install_guard
+
+
+class FakeRedis:
+    """The few redis-py calls the store makes, in a dict; ``down`` makes each raise."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, tuple[str, int]] = {}
+        self.down = False
+        self.calls = 0
+
+    def _check(self) -> None:
+        self.calls += 1
+        if self.down:
+            raise ConnectionError("Connection refused")
+
+    def get(self, key: str) -> bytes | None:
+        self._check()
+        entry = self.data.get(key)
+        return entry[0].encode() if entry else None
+
+    def pipeline(self, transaction: bool = True) -> FakeRedis:
+        self._ops: list[tuple[str, str, int, bool]] = []
+        return self
+
+    def set(self, key: str, value: str, px: int, nx: bool = False) -> None:
+        self._ops.append((key, value, px, nx))
+
+    def execute(self) -> list[Any]:
+        self._check()
+        for key, value, px, nx in self._ops:
+            if not (nx and key in self.data):
+                self.data[key] = (value, px)
+        return [True] * len(self._ops)
+
+
+def fake_store(ttl: float = 60.0) -> tuple[DedupeStore, FakeRedis]:
+    redis = FakeRedis()
+    return DedupeStore("redis://fake", ttl, client=redis), redis
+
+
+# -- the store ------------------------------------------------------------------------------
+
+
+def test_enqueued_never_overwrites_an_entry_and_succeeded_always_does():
+    store, redis = fake_store(ttl=2.5)
+    store.record(["k"], SUCCEEDED)
+    store.record(["k", "j"], ENQUEUED)
+    assert store.state("k") == SUCCEEDED
+    assert store.state("j") == ENQUEUED
+    store.record(["j"], SUCCEEDED)
+    assert store.state("j") == SUCCEEDED
+    assert redis.data["j"] == (SUCCEEDED, 2500)  # expires after pulse_dedupe_ttl
+    assert store.state("missing") is None
+
+
+def test_a_store_that_fails_is_left_alone_for_a_while_then_asked_again():
+    store, redis = fake_store()
+    redis.down = True
+    with pytest.raises(StoreUnavailable):
+        store.state("k")
+    assert not store.available
+    calls = redis.calls
+    with pytest.raises(StoreUnavailable):
+        store.record(["k"], ENQUEUED)
+    assert redis.calls == calls  # not asked while resting
+    redis.down = False
+    store._down_until = 0.0  # the rest is over
+    assert store.state("k") is None
+    assert store.available
+
+
+def test_keys_are_namespaced_by_queue_and_task_id():
+    assert dedupe_key("queue/alice/builds", "abc") == "pulse_celery:dedupe:queue/alice/builds:abc"
+
+
+def test_the_store_is_pulse_dedupe_url_else_a_redis_result_backend_else_a_config_error():
+    assert store_url("redis://h:6379/1", "redis://other/0") == "redis://h:6379/1"
+    assert store_url(None, "redis://backend:6379/2") == "redis://backend:6379/2"
+    with pytest.raises(ConfigError, match="pulse_dedupe_url"):
+        store_url(None, "rpc://")
+    with pytest.raises(ConfigError, match="pulse_dedupe_url"):
+        store_url(None, None)
+    with pytest.raises(ConfigError, match="Redis URL"):
+        store_url("amqp://guest@h//", None)
+
+
+@pytest.mark.skipif(not port_open(6379), reason="no Redis on 127.0.0.1:6379")
+def test_the_store_works_against_a_real_redis():
+    store = DedupeStore("redis://127.0.0.1:6379/3", 5.0)
+    key = dedupe_key("queue/unit/test", str(uuid.uuid4()))
+    try:
+        assert store.state(key) is None
+        store.record([key], ENQUEUED)
+        store.record([key], ENQUEUED)
+        assert store.state(key) == ENQUEUED
+        store.record([key], SUCCEEDED)
+        assert store.state(key) == SUCCEEDED
+        ttl = store._redis().pttl(key)
+        assert 0 < ttl <= 5000
+    finally:
+        store._redis().delete(key)
+        store.close()
+
+
+def test_an_unreachable_redis_is_store_unavailable_quickly():
+    store = DedupeStore("redis://127.0.0.1:1/0", 5.0)
+    with pytest.raises(StoreUnavailable):
+        store.state("k")
+
+
+# -- the gate (main process) -----------------------------------------------------------------
+
+
+@dataclass
+class FakeLane:
+    stats: QueueStats = field(default_factory=lambda: QueueStats("queue/alice/q", "t"))
+
+
+@dataclass
+class FakeDelivery:
+    redelivered: bool = False
+    headers: dict[str, Any] = field(default_factory=dict)
+    queue: str = "queue/alice/q"
+    exchange: str = "exchange/x"
+    routing_key: str = "primary.a"
+    lane: FakeLane = field(default_factory=FakeLane)
+    acked: int = 0
+
+    def ack(self) -> None:
+        self.acked += 1
+
+
+@pytest.mark.parametrize("policy", ["enqueue", "complete"])
+def test_a_first_delivery_is_not_looked_up(policy):
+    store, redis = fake_store()
+    store.record([dedupe_key("queue/alice/q", "t1")], SUCCEEDED)
+    gate, delivery = DedupeGate(store, None), FakeDelivery(redelivered=False)
+    calls = redis.calls
+    assert not gate.already_handled(delivery, "t1", policy)  # type: ignore[arg-type]
+    assert redis.calls == calls
+
+
+def test_a_redelivery_already_enqueued_is_acked_under_enqueue_and_run_under_complete():
+    store, _ = fake_store()
+    store.record([dedupe_key("queue/alice/q", "t1")], ENQUEUED)
+    gate = DedupeGate(store, None)
+    enqueue, complete = FakeDelivery(redelivered=True), FakeDelivery(redelivered=True)
+    assert gate.already_handled(enqueue, "t1", "enqueue")  # type: ignore[arg-type]
+    assert enqueue.acked == 1 and enqueue.lane.stats.deduplicated == 1
+    assert not gate.already_handled(complete, "t1", "complete")  # type: ignore[arg-type]
+    assert complete.acked == 0 and complete.lane.stats.deduplicated == 0
+
+
+def test_a_quorum_delivery_count_counts_as_redelivered():
+    store, _ = fake_store()
+    store.record([dedupe_key("queue/alice/q", "t1")], SUCCEEDED)
+    delivery = FakeDelivery(headers={"x-delivery-count": 1})
+    assert DedupeGate(store, None).already_handled(delivery, "t1", "complete")  # type: ignore[arg-type]
+
+
+def test_with_the_store_down_a_redelivery_is_handled_and_counted():
+    store, redis = fake_store()
+    redis.down = True
+    delivery = FakeDelivery(redelivered=True)
+    assert not DedupeGate(store, None).already_handled(delivery, "t1", "enqueue")  # type: ignore[arg-type]
+    assert delivery.lane.stats.dedupe_unavailable == 1
+    assert delivery.lane.stats.snapshot(state="consuming", prefetch=1, in_flight=0)["dedupe_unavailable"] == 1
+
+
+def test_confirmed_enqueues_are_recorded_in_one_pipeline_then_acked():
+    store, redis = fake_store()
+    ticks: set[Any] = set()
+    gate = DedupeGate(store, ticks)
+    deliveries = [FakeDelivery() for _ in range(3)]
+    for i, d in enumerate(deliveries):
+        gate.ack_when_recorded(d, f"t{i}")  # type: ignore[arg-type]
+    assert ticks == {gate.flush}
+    assert all(d.acked == 0 for d in deliveries)  # not before the record
+    calls = redis.calls
+    gate.flush()
+    assert redis.calls == calls + 1
+    assert all(d.acked == 1 for d in deliveries)
+    assert store.state(dedupe_key("queue/alice/q", "t2")) == ENQUEUED
+    assert not ticks
+
+
+def test_confirmed_enqueues_are_acked_even_when_the_store_is_down():
+    store, redis = fake_store()
+    redis.down = True
+    gate, delivery = DedupeGate(store, None), FakeDelivery()
+    gate.ack_when_recorded(delivery, "t1")  # type: ignore[arg-type]
+    assert delivery.acked == 1
+    assert delivery.lane.stats.dedupe_unavailable == 1
+
+
+# -- the guard (where the task runs) ---------------------------------------------------------
+
+
+@pytest.fixture
+def guarded_app():
+    app = Celery("dedupe-unit", broker="memory://", set_as_current=False)
+    runs: list[Any] = []
+
+    @pulse_binding("exchange/x", "primary.#", queue="q", dedupe=True)
+    @app.task(name=f"unit.handle.{uuid.uuid4().hex[:8]}")
+    def handle(payload):
+        runs.append(payload)
+        return "ok"
+
+    store, _redis = fake_store()
+    install_guard(app, {handle.name}, store)
+    install_guard(app, {handle.name}, store)  # once only
+    return handle, runs, store
+
+
+def apply(task: Any, task_id: str, redelivered: bool) -> Any:
+    meta = PulseMessage("exchange/x", "primary.a", (), redelivered, "queue/alice/q")
+    return task.apply(
+        args=({"n": 1},), task_id=task_id, headers={HEADER: meta.as_header(), DEDUPE_HEADER: True}
+    )
+
+
+def test_the_guard_records_success_and_skips_a_redelivery_that_already_succeeded(guarded_app):
+    handle, runs, store = guarded_app
+    assert apply(handle, "t1", redelivered=False).get() == "ok"
+    assert store.state(dedupe_key("queue/alice/q", "t1")) == SUCCEEDED
+    result = apply(handle, "t1", redelivered=True)
+    assert result.state == "IGNORED"
+    assert len(runs) == 1
+
+
+def test_the_guard_leaves_a_task_called_the_ordinary_way_alone(guarded_app):
+    handle, runs, store = guarded_app
+    assert handle.apply(args=({"n": 2},), task_id="t2").get() == "ok"
+    assert store.state(dedupe_key("queue/alice/q", "t2")) is None
+    assert len(runs) == 1
