@@ -36,6 +36,7 @@ OUTCOMES = (
     ("rejected", "rejected"),
     ("requeued", "requeued"),
     ("dead_lettered", "dead_lettered"),
+    ("deduplicated", "deduplicated"),  # acked without running again (dedupe): also in acked
 )
 
 Status = Callable[[], dict[str, Any]]
@@ -79,7 +80,7 @@ class StatusCollector:
         )
         messages = CounterMetricFamily(
             "pulse_celery_messages",
-            "Pulse deliveries settled, by outcome (dead-lettered ones are also acked)",
+            "Pulse deliveries settled, by outcome (dead-lettered and deduplicated ones are also acked)",
             labels=[*labels, "outcome"],
         )
         in_flight = GaugeMetricFamily(

@@ -262,3 +262,17 @@ def test_the_guard_leaves_a_task_called_the_ordinary_way_alone(guarded_app):
     assert handle.apply(args=({"n": 2},), task_id="t2").get() == "ok"
     assert store.state(dedupe_key("queue/alice/q", "t2")) is None
     assert len(runs) == 1
+
+
+def test_deduplicated_deliveries_are_an_outcome_of_the_messages_metric():
+    pytest.importorskip("prometheus_client")
+    from pulse_celery.worker.metrics import StatusCollector
+
+    stats = QueueStats("queue/alice/q", "t")
+    stats.deduplicated = 3
+    queue = stats.snapshot(state="consuming", prefetch=1, in_flight=0)
+    connection = {"state": "consuming", "connects": 1, "losses": 0}
+    collector = StatusCollector(lambda: {"queues": {"q": queue}, "connection": connection}, "w")
+    [messages] = [m for m in collector.collect() if m.name == "pulse_celery_messages"]
+    found = {s.labels["outcome"]: s.value for s in messages.samples if s.name.endswith("_total")}
+    assert found["deduplicated"] == 3
