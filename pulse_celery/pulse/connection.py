@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from .config import PulseConfig, build_config
 from .consumer import QueueConsumer
 from .diagnose import describe_error
 from .engine import Engine, open_any_host
+from .events import Connected
 from .handler import Callback, CallbackRunner, OnFailure
 from .loop import Loop
 from .topology import QueueSpec, anonymous_queue_name, queue_name, unbind_and_delete, validate_queue_suffix
@@ -196,24 +197,44 @@ class PulseConnection:
     (production Pulse over TLS). Other settings are keyword arguments named as in
     :class:`~pulse_celery.pulse.config.PulseConfig` (``heartbeat=60``), else ``PULSE_<NAME>``
     in the environment. Nothing connects until :meth:`run` or :meth:`start`.
+
+    ``on_connected(event)`` is called on the connection's thread with a
+    :class:`~pulse_celery.pulse.events.Connected` each time a connection comes up, before
+    its deliveries are handled: ``event.first`` on the first, ``event.reconnect`` after a
+    loss (anonymous queues missed what was published meanwhile: resync then), and
+    ``event.recycled`` when ``recycle_interval`` replaced a live connection (nothing was
+    missed). ``event.queues`` names each queue and whether it is anonymous. An error it
+    raises is logged; consumption goes on.
     """
 
-    def __init__(self, user: str = "", password: str = "", url: str = "", **settings: Any) -> None:
-        self._setup(connection_config(user, password, url, settings))
+    def __init__(
+        self,
+        user: str = "",
+        password: str = "",
+        url: str = "",
+        *,
+        on_connected: Callable[[Connected], None] | None = None,
+        **settings: Any,
+    ) -> None:
+        self._setup(connection_config(user, password, url, settings), on_connected)
 
     @classmethod
-    def from_config(cls, config: PulseConfig) -> PulseConnection:
+    def from_config(
+        cls, config: PulseConfig, *, on_connected: Callable[[Connected], None] | None = None
+    ) -> PulseConnection:
         """A connection with settings already resolved (``load_config(app.conf)``, say)."""
         connection = cls.__new__(cls)
-        connection._setup(config)
+        connection._setup(config, on_connected)
         return connection
 
-    def _setup(self, config: PulseConfig) -> None:
+    def _setup(self, config: PulseConfig, on_connected: Callable[[Connected], None] | None = None) -> None:
         self.config = config
         self._loop = Loop()
         #: notified on every change of the connection's or a queue's state
         self._changes = threading.Condition()
-        self.engine = Engine(config, self._loop.hub, isolate=True, on_changed=self._notify)
+        self.engine = Engine(
+            config, self._loop.hub, isolate=True, on_changed=self._notify, on_connected=on_connected
+        )
         self._thread: threading.Thread | None = None
         self._closed = False
 

@@ -100,11 +100,17 @@ class QueueConsumer:
 
     def renew(self) -> None:
         """Before a new connection: an anonymous queue gets a fresh name (the old one is gone)."""
-        if self.spec.anonymous:
-            self.spec = replace(
-                self.spec, name=anonymous_queue_name(self.engine.config.user, self.stats.task)
-            )
-            self.stats.name = self.spec.name
+        self.adopt(self.renewed())
+
+    def renewed(self) -> QueueSpec:
+        """The spec to declare on a new connection: an anonymous queue's with a fresh name."""
+        if not self.spec.anonymous:
+            return self.spec
+        return replace(self.spec, name=anonymous_queue_name(self.engine.config.user, self.stats.task))
+
+    def adopt(self, spec: QueueSpec) -> None:
+        self.spec = spec
+        self.stats.name = spec.name
 
     # -- the connection comes and goes ------------------------------------------------------
 
@@ -123,6 +129,27 @@ class QueueConsumer:
             self.lane = session.lane(channel, self.stats)
             self.lane.declared = True
         self.activate()
+
+    def handover(self, spec: QueueSpec | None, channel: Any) -> Lane | None:
+        """Move to the engine's new session (a recycle); return the old lane, still open.
+
+        The new lane consumes first, then the old consumer is cancelled: the queue is never
+        without a consumer, and each delivery of the old lane still settles on its channel.
+        ``spec`` is what the new connection declared (None: nothing was; an anonymous queue
+        then gets a fresh name, declared when it consumes again).
+        """
+        old, self.lane = self.lane, None
+        if spec is not None:
+            self.adopt(spec)
+        elif self.spec.anonymous:
+            self.renew()
+        self.connected(channel)
+        if old is None or not old.alive:
+            return None
+        if old.consumer_tag is not None:
+            tag, old.consumer_tag = old.consumer_tag, None
+            old.guard(old.channel.basic_cancel, tag)
+        return old
 
     def disconnected(self) -> None:
         """The connection is gone: so is the lane, and its deliveries go back to the queue."""

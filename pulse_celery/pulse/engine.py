@@ -32,9 +32,11 @@ from .diagnose import describe_error
 from .events import Connected, ConnectedQueue
 from .link import Link, Opener, Up
 from .loop import Timers, guarded
+from .recycle import Recycler
 from .session import Session, opener
 from .stats import ConnectionStats
 from .topology import QueueSpec
+from .wire import LoopConnection
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +100,8 @@ class Engine:
         self._shared = connect is not None and config.is_memory
         #: the host of the current (or last) connect attempt: an index into ``config.hosts``
         self.host = -1
-        self._connect = connect or (lambda: open_connection(config, self.host))
+        #: connects once to host ``self.host`` (read in the connect thread)
+        self.connect_once = connect or (lambda: open_connection(config, self.host))
         self._on_changed = on_changed
         self._on_connected = on_connected
         self.link = Link(hub, "Pulse", self._prepare, self._on_up, self._on_down)
@@ -111,7 +114,9 @@ class Engine:
         #: the live connection's channels, while it is up
         self.session: Session | None = None
         self.depth = DepthMonitor(self.timers, config, lambda: list(self.consumers.values()), self._live)
-        self._ticks = _compat.tick_callbacks(hub) if hub is not None else None
+        self.ticks = _compat.tick_callbacks(hub) if hub is not None else None
+        #: replaces the connection every ``recycle_interval`` seconds, and retires the old ones
+        self.recycler = Recycler(self)
 
     # -- queues ------------------------------------------------------------------------------
 
@@ -145,7 +150,12 @@ class Engine:
         return self.session is not None and self.session.alive and not self.draining
 
     def in_flight(self) -> int:
-        return sum(c.in_flight for c in self.consumers.values())
+        """Unsettled deliveries, on the live connection and on those being retired (a recycle)."""
+        return sum(c.in_flight for c in self.consumers.values()) + self.recycler.in_flight()
+
+    def wires(self) -> list[LoopConnection | None]:
+        """The live connection's driver, then those of connections being retired (a recycle)."""
+        return [self.link.wire, *self.recycler.wires()]
 
     # -- connecting ---------------------------------------------------------------------------
 
@@ -168,13 +178,13 @@ class Engine:
                 wanted.append((consumer.key, consumer.spec))
         if not self.config.is_memory:
             logger.info("Connecting to Pulse at %s", self.config.safe_url(self.host))
-        return opener(self._connect, self.config, wanted, self.isolate, self._shared)
+        return opener(self.connect_once, self.config, wanted, self.isolate, self._shared)
 
     def _on_up(self, up: Up) -> None:
-        self.session = Session(up, self._ticks)
+        self.session = Session(up, self.ticks)
         self.stats.connects += 1
         if up.wire is not None and self.isolate:
-            up.wire.route_channel_errors(self._on_channel_error)
+            up.wire.route_channel_errors(self.on_channel_error)
         again = "" if up.down_for is None else f" again, {up.down_for:.1f} s after it was lost"
         declared: dict[str, tuple[QueueSpec, Any]] = up.extra
         for key, consumer in list(self.consumers.items()):
@@ -192,6 +202,11 @@ class Engine:
             or "none",
         )
         self.depth.start()
+        self.recycler.schedule()
+        self.connected(up)
+
+    def connected(self, up: Up, recycled: bool = False) -> None:
+        """Tell the host a connection is up: the first, a reconnect, or (``recycled``) a replacement."""
         if self._on_connected is not None:
             event = Connected(
                 source=self.source,
@@ -200,7 +215,8 @@ class Engine:
                     for c in self.consumers.values()
                     if c.wants not in ("closed", "deleted")
                 ),
-                first=self.stats.connects == 1,
+                first=self.stats.connects == 1 and not recycled,
+                recycled=recycled,
                 down_for=up.down_for,
             )
             guarded(self._on_connected, "the on-connect hook")(event)
@@ -209,9 +225,10 @@ class Engine:
     def _on_down(self, exc: BaseException, delay: float, was_up: bool) -> None:
         why = describe_error(exc, self.config, max(self.host, 0))
         self.stats.error(why)
+        self.recycler.cancel()
         if was_up:
             self.stats.losses += 1
-            in_flight = self.in_flight()
+            in_flight = sum(c.in_flight for c in self.consumers.values())  # the retired connections' stay
             self._disconnect()
             logger.warning(
                 "Pulse connection lost (%s); %d unacknowledged messages will be redelivered by the "
@@ -237,7 +254,7 @@ class Engine:
         for consumer in self.consumers.values():
             consumer.disconnected()
 
-    def _on_channel_error(self, channel_id: int, exc: BaseException) -> None:
+    def on_channel_error(self, channel_id: int, exc: BaseException) -> None:
         for consumer in self.consumers.values():
             if consumer.lane is not None and consumer.lane.channel_id == channel_id:
                 consumer.recovery.channel_closed(exc)
@@ -285,6 +302,7 @@ class Engine:
         """
         self.draining = True
         self.depth.stop()
+        self.recycler.drain()
         self.link.timers.cancel_all()  # no reconnect during a warm shutdown
         for consumer in self.consumers.values():
             consumer.deactivate()
@@ -305,6 +323,7 @@ class Engine:
             if consumer.lane is not None:
                 consumer.lane.acker.flush()  # acks already decided on must not be redelivered
         self._disconnect()
+        self.recycler.close()
         if up is not None:
             if up.wire is not None:
                 up.wire.close()

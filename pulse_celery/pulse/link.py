@@ -5,7 +5,9 @@ connection share: ``connecting`` (a thread connects, never the loop) -> ``up`` (
 connection is attached to the loop) -> ``lost`` (a timer waits the backoff) ->
 ``connecting`` ...; ``stopped`` once closed. Every result from a connect thread and every
 loss carries the generation it belongs to, so a late one cannot replace or tear down the
-live connection. The owner decides what each event means for its messages and says so in
+live connection. :meth:`Link.recycle` opens a second connection while one is up and swaps
+it in: from then on the old one's loss is no longer the link's (its generation is past);
+its owner retires it. The owner decides what each event means for its messages and says so in
 its log lines; the link only keeps time.
 
 Without an event loop (kombu's in-memory transport in the demo) the connection is opened at
@@ -81,6 +83,8 @@ class Link:
         self.connects = 0
         self._up_at = 0.0
         self._down_at: float | None = None
+        #: the generation a recycle attempt runs for, or None
+        self._recycling: int | None = None
 
     @property
     def wire(self) -> LoopConnection | None:
@@ -172,6 +176,70 @@ class Link:
     def healthy(self) -> None:
         """The owner got what it needed from this connection: reset the backoff."""
         self.backoff.reset()
+
+    def recycle(
+        self,
+        opener: Opener,
+        on_recycled: Callable[[Up, Up], None],
+        on_failed: Callable[[BaseException], None],
+    ) -> bool:
+        """Open a fresh connection beside the live one; swap it in once it is up.
+
+        ``on_recycled(old, new)`` runs on the loop once the new connection is the link's:
+        ``old`` stays open (a loss of it is no longer reported) for its owner to retire.
+        ``on_failed(exc)``: the attempt failed, and the live connection is kept. An attempt
+        that finishes after a loss or a stop is dropped. Return False if no attempt starts
+        (not up, no event loop, or one already running).
+        """
+        up = self.up
+        if self.state != "up" or up is None or up.wire is None or self.hub is None:
+            return False
+        if self._recycling == self.generation:
+            return False
+        generation = self._recycling = self.generation
+
+        def attempt() -> tuple[Connection, Any]:
+            result = opener()
+            if generation != self.generation or self.state != "up":
+                result[0].collect()
+                raise _Stale()
+            return result
+
+        run_in_thread(
+            self.hub,
+            attempt,
+            partial(self._recycled, generation, on_recycled),
+            partial(self._recycle_failed, generation, on_failed),
+            name=f"pulse-celery-connect-{self.name}-recycle",
+        )
+        return True
+
+    def _recycled(
+        self, generation: int, on_recycled: Callable[[Up, Up], None], result: tuple[Connection, Any]
+    ) -> None:
+        connection, extra = result
+        if self._recycling == generation:
+            self._recycling = None
+        old = self.up
+        if generation != self.generation or self.state != "up" or old is None or self.hub is None:
+            connection.collect()
+            return
+        self.generation += 1
+        wire = LoopConnection(connection, self.hub, partial(self._lost, self.generation), self.name)
+        wire.attach()
+        self.connects += 1
+        self.up = Up(connection, wire, extra, down_for=None)
+        self._up_at = time.monotonic()
+        on_recycled(old, self.up)
+
+    def _recycle_failed(
+        self, generation: int, on_failed: Callable[[BaseException], None], exc: BaseException
+    ) -> None:
+        if self._recycling == generation:
+            self._recycling = None
+        if isinstance(exc, _Stale) or generation != self.generation or self.state != "up":
+            return
+        on_failed(exc)
 
     def stop(self) -> Up | None:
         """Stop for good (until :meth:`start`): cancel timers and forget the connection.

@@ -96,8 +96,11 @@ class ConnectionStats:
     state: str = "stopped"  # until the worker step starts
     #: Unix time the current state began.
     since: float = field(default_factory=time.time)
+    #: connections established after none was up (the first, and each reconnect after a loss)
     connects: int = 0
     losses: int = 0
+    #: connections replaced, while up, by a fresh one (``pulse_recycle_interval``)
+    recycles: int = 0
     last_error: str | None = None
     last_error_at: float | None = None
 
@@ -121,6 +124,7 @@ class ConnectionStats:
             "since": self.since,
             "connects": self.connects,
             "losses": self.losses,
+            "recycles": self.recycles,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
         }

@@ -422,13 +422,13 @@ def unreachable() -> PulseConnection:
 def count_connect_attempts(conn: PulseConnection) -> list[float]:
     """Record the time of each connect attempt the engine makes (from now on)."""
     attempts: list[float] = []
-    connect = conn.engine._connect
+    connect = conn.engine.connect_once
 
     def counted() -> Any:
         attempts.append(time.monotonic())
         return connect()
 
-    conn.engine._connect = counted
+    conn.engine.connect_once = counted
     return attempts
 
 
