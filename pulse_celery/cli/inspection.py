@@ -22,10 +22,11 @@ from kombu import Connection
 from ..bindings import Binding, complete_without_acks_late
 from ..config import AppConfig, load_config
 from ..errors import ConfigError, PulseCeleryError
-from ..plan import QueuePlan, plan_queues
+from ..plan import QueuePlan
 from ..pulse.config import PulseConfig
 from ..pulse.diagnose import describe_error
 from ..pulse.topology import owns_exchange, queue_name
+from ..sources import DEFAULT, SourcePlan, plan_sources
 from .client import BROKER_ERRORS, open_connection
 
 
@@ -65,20 +66,25 @@ def queue_states(
 
 
 def queue_rows(
-    config: AppConfig, plans: Sequence[QueuePlan], states: Mapping[str, QueueState] | None
+    config: AppConfig,
+    plans: Sequence[QueuePlan],
+    states: Mapping[str, QueueState] | None,
+    source: str = DEFAULT,
 ) -> list[dict[str, Any]]:
     """Return one JSON-able row per queue: its bindings, task, ack policy and broker state.
 
     ``states`` None means the broker was not asked (``exists``, ``messages`` and ``consumers``
     are then None); an anonymous queue is named ``anonymous`` since each connection makes a
-    new one.
+    new one. A queue of a source other than ``default`` shows as ``<source>:<queue>``.
     """
     rows = []
+    at = "" if source == DEFAULT else f"{source}:"
     for plan in plans:
         state = None if states is None or plan.anonymous else states.get(plan.name)
         rows.append(
             {
-                "queue": "anonymous" if plan.anonymous else plan.name,
+                "queue": at + ("anonymous" if plan.anonymous else plan.name),
+                "source": source,
                 "task": plan.task_name,
                 "bindings": [
                     {
@@ -102,7 +108,7 @@ TABLE_COLUMNS = ("QUEUE", "EXCHANGE", "ROUTING KEY", "TASK", "ACK", "STATE", "RE
 
 
 def _state_cell(row: Mapping[str, Any]) -> str:
-    if row["queue"] == "anonymous":
+    if row["queue"].endswith("anonymous"):
         return "per-connection"
     if row["error"]:
         return "unknown"
@@ -231,33 +237,47 @@ def run_checks(
         fine = "every task bound under ack='complete' has acks_late"
         yield Check("ack policies", not problems, problems[0] if problems else fine)
     try:
-        plans = plan_queues(config, bindings)
+        sources = plan_sources(config, bindings)
     except ConfigError as exc:
         yield Check("queue names", False, str(exc))
         return
+    for source in sources:
+        # One source's failure (down, login refused) does not stop the checks of the others.
+        yield from _source_checks(source)
+
+
+def _source_checks(source: SourcePlan) -> Iterator[Check]:
+    """The checks of one Pulse source: its queue names, login, exchanges, permissions and queues."""
+    config, plans = source.config, source.plans
+    bindings = [b for plan in plans for b in plan.bindings]
+    at = "" if source.name == DEFAULT else f"[{source.name}] "
     named = [p.name for p in plans if not p.anonymous]
     anonymous = len(plans) - len(named)
-    yield Check("queue names", True, ", ".join(named) + (f" and {anonymous} anonymous" if anonymous else ""))
+    names = ", ".join(named) + (f" and {anonymous} anonymous" if anonymous else "")
+    yield Check(f"{at}queue names", True, names if at == "" else f"{names} at {config.safe_url()}")
     try:
         connection = open_connection(config)
     except PulseCeleryError as exc:  # already one line with the fix
-        yield Check("connection", False, str(exc))
+        yield Check(f"{at}connection", False, str(exc))
         return
     with connection:
-        yield Check("connection", True, f"logged in as {config.user}")
+        yield Check(f"{at}connection", True, f"logged in as {config.user}")
         exchanges_ok = set()
         for name in sorted({b.exchange for b in bindings}):
             exists, check = _exchange_check(connection, config, name)
             if exists:
                 exchanges_ok.add(name)
-            yield check
-        yield _permission_check(connection, config, bindings, exchanges_ok)
+            yield Check(at + check.name, check.ok, check.detail)
+        permissions = _permission_check(connection, config, bindings, exchanges_ok)
+        yield Check(at + permissions.name, permissions.ok, permissions.detail)
         for name, state in queue_states(connection, config, plans).items():
             if state.error:
-                yield Check(f"queue {name}", False, state.error)
+                yield Check(f"{at}queue {name}", False, state.error)
             elif state.exists:
                 yield Check(
-                    f"queue {name}", True, f"exists, {state.messages} ready, {state.consumers} consumer(s)"
+                    f"{at}queue {name}",
+                    True,
+                    f"exists, {state.messages} ready, {state.consumers} consumer(s)",
                 )
             else:
-                yield Check(f"queue {name}", True, "does not exist yet; the worker declares it")
+                yield Check(f"{at}queue {name}", True, "does not exist yet; the worker declares it")

@@ -325,23 +325,25 @@ def bindings_command(app_name: str, url: str | None, as_json: bool, offline: boo
     waiting in the queue (not those delivered and unacknowledged).
     """
     from ..bindings import app_bindings
-    from ..plan import plan_queues
+    from ..sources import plan_sources
     from .client import open_connection
     from .inspection import format_table, queue_rows, queue_states
 
     app = _load_app(app_name)
     config = _pulse_config(app_name, url)
-    plans = _run(plan_queues, config, app_bindings(app))
-    if not plans:
+    sources = _run(plan_sources, config, app_bindings(app))
+    if not sources:
         raise click.ClickException(f"the app {app_name!r} has no task with a @pulse_binding")
-    states = None
-    if not offline:
-        try:
-            with open_connection(config) as connection:
-                states = queue_states(connection, config, plans)
-        except PulseCeleryError as exc:
-            click.echo(f"queue state not shown: {exc}", err=True)
-    rows = queue_rows(config, plans, states)
+    rows = []
+    for source in sources:  # a source that cannot be reached still shows its queues
+        states = None
+        if not offline:
+            try:
+                with open_connection(source.config) as connection:
+                    states = queue_states(connection, source.config, source.plans)
+            except PulseCeleryError as exc:
+                click.echo(f"queue state of source {source.name!r} not shown: {exc}", err=True)
+        rows.extend(queue_rows(source.config, source.plans, states, source.name))
     if as_json:
         for row in rows:
             click.echo(json.dumps(row))

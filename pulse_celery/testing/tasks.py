@@ -24,9 +24,9 @@ from celery.result import EagerResult
 from ..bindings import app_bindings
 from ..config import load_config
 from ..errors import NoMatchingBinding
-from ..plan import plan_queues
 from ..pulse.message import PulseMessage
 from ..request import HEADER
+from ..sources import plan_sources
 
 
 def apply_task(
@@ -54,15 +54,25 @@ def deliver(
     routes: Sequence[str] = (),
     redelivered: bool = False,
     throw: bool = True,
+    source: str | None = None,
 ) -> EagerResult:
     """Run the task of ``app`` whose binding takes this message, as the worker would.
+
+    ``source`` limits the search to the bindings of one Pulse source (``pulse_sources``);
+    by default every source's bindings are looked at.
 
     Raises :class:`~pulse_celery.errors.NoMatchingBinding` when no binding takes it, and
     :class:`~pulse_celery.errors.PayloadMismatch` when the payload does not fit the
     binding's ``payload=`` type (the worker would dead-letter it).
     """
     keys = (routing_key, *routes)
-    for plan in plan_queues(load_config(app.conf), app_bindings(app)):
+    plans = [
+        plan
+        for found in plan_sources(load_config(app.conf), app_bindings(app))
+        if source is None or found.name == source
+        for plan in found.plans
+    ]
+    for plan in plans:
         for binding in plan.bindings:
             if binding.matches(exchange, keys):
                 binding.check_payload(payload)

@@ -53,6 +53,12 @@ class TcpProxy:
             for s in pair:
                 s.close()
 
+    @property
+    def connections(self) -> int:
+        """Connections being forwarded now."""
+        with self._lock:
+            return len(self._pairs)
+
     def freeze(self) -> None:
         self.mode = "freeze"
 
