@@ -160,7 +160,9 @@ class PulseWorker:
                 engine.drain()
             self.handoff.stop_reading()
             if not _compat.celery_turns_hub_while_pool_drains(self.c):
-                self.keeper.start([engine.link.wire for engine in self.engines.values()], self.hub)
+                # with the connections a recycle is retiring: their acks still go out
+                wires = [wire for engine in self.engines.values() for wire in engine.wires()]
+                self.keeper.start(wires, self.hub)
             return
         self.close("Celery's consumer is restarting")
 

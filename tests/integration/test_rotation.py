@@ -17,7 +17,7 @@ from pulse_celery import Connected, Delivery, PulseConnection
 from pulse_celery.testing import rabbitmqctl, wait_until
 
 from .conftest import TASK_COMPLETED
-from .harness import RetryingPublisher
+from .harness import RetryingPublisher, Worker, app_worker, read_records
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -103,3 +103,102 @@ def test_standalone_recycles_every_second_without_losing_or_repeating_a_message(
     expected = [(True, False)] + [(False, True)] * status["recycles"]
     assert [(e.first, e.recycled) for e in seen_events] == expected
     assert all(e.down_for is None and not e.reconnect for e in seen_events)
+
+
+def done_ids(tmp_path: Any) -> Counter[int]:
+    return Counter(r["id"] for r in read_records(tmp_path / "records.jsonl") if r["event"] == "done")
+
+
+def worker_figures(done: Counter[int], n: int) -> tuple[int, int]:
+    """(lost, duplicates) of messages 0..n-1 by the tasks that ran."""
+    lost = sum(1 for i in range(n) if done[i] == 0)
+    return lost, sum(done.values()) - (n - lost)
+
+
+def rotation_worker(pulse: Any, celery_broker: Any, tmp_path: Any, policy: str, **env: Any) -> Worker:
+    password_file = tmp_path / "password"
+    password_file.write_text(pulse.password)
+    return app_worker(
+        "rotation_app",
+        pulse,
+        celery_broker,
+        tmp_path,
+        ACK_POLICY=policy,
+        PASSWORD_FILE=password_file,
+        TASK_SECONDS="0.005",
+        **env,
+    )
+
+
+@pytest.mark.parametrize("policy", ["enqueue", "complete"])
+def test_worker_recycling_every_3_s_loses_and_repeats_nothing(
+    pulse: Any, celery_broker: Any, tmp_path: Any, policy: str
+) -> None:
+    # Given a worker that recycles its Pulse connection every 3 s
+    n = 2000
+    worker = rotation_worker(pulse, celery_broker, tmp_path, policy, PULSE_RECYCLE_INTERVAL="3").start()
+    started = time.monotonic()
+    try:
+        # When 2,000 messages are published over about 15 s
+        publisher = RetryingPublisher(pulse, n, pace=0.0075)
+        publisher.start()
+        publisher.join(180)
+        assert publisher.sent == n
+        # Then every message is handled exactly once
+        assert wait_until(lambda: worker_figures(done_ids(tmp_path), n)[0] == 0, timeout=120), worker.log()[
+            -3000:
+        ]
+        assert wait_until(lambda: pulse.queue_counts(f"queue/{pulse.user}/rotation") == (0, 0), timeout=30)
+        elapsed = time.monotonic() - started
+        recycles = worker.log().count("Pulse connection recycled")
+        # and the retired connections were closed: one Pulse connection of the user is left
+        assert wait_until(lambda: len(user_connections(pulse.user)) == 1, timeout=15)
+    finally:
+        worker.stop()
+    lost, duplicates = worker_figures(done_ids(tmp_path), n)
+    print(
+        f"\nworker recycle every 3 s ({policy}): messages={n} lost={lost} duplicates={duplicates} "
+        f"recycles={recycles} time={elapsed:.1f}s"
+    )
+    assert (lost, duplicates) == (0, 0)
+    assert recycles >= 3
+    assert "Pulse connection lost" not in worker.log()
+
+
+@pytest.mark.parametrize("policy", ["enqueue", "complete"])
+def test_worker_logs_in_with_the_new_password_after_a_rotation_and_loses_nothing(
+    pulse: Any, celery_broker: Any, tmp_path: Any, policy: str
+) -> None:
+    # Given a worker whose pulse_credentials reads the password from a file
+    n = 2000
+    worker = rotation_worker(pulse, celery_broker, tmp_path, policy).start()
+    started = time.monotonic()
+    try:
+        publisher = RetryingPublisher(pulse, n, pace=0.0075)
+        publisher.start()
+        assert wait_until(lambda: len(done_ids(tmp_path)) >= 500, timeout=60)
+        # When the password is changed on the broker, the provider returns the new one, and the
+        # user's connections are closed
+        new_password = f"rotated-{pulse.password}"
+        rabbitmqctl("change_password", pulse.user, new_password)
+        (tmp_path / "password").write_text(new_password)
+        closed = close_user_connections(pulse.user)
+        publisher.join(180)
+        assert publisher.sent == n
+        # Then the worker logs in again with the new password and every message is handled
+        assert wait_until(lambda: worker_figures(done_ids(tmp_path), n)[0] == 0, timeout=120), worker.log()[
+            -3000:
+        ]
+        assert wait_until(lambda: pulse.queue_counts(f"queue/{pulse.user}/rotation") == (0, 0), timeout=30)
+        elapsed = time.monotonic() - started
+        log = worker.log()
+    finally:
+        worker.stop()
+    lost, duplicates = worker_figures(done_ids(tmp_path), n)
+    print(
+        f"\nworker password change ({policy}): messages={n} lost={lost} duplicates={duplicates} "
+        f"connections closed={closed} reconnects={log.count('Connected to Pulse at') - 1} time={elapsed:.1f}s"
+    )
+    assert lost == 0 and closed >= 1
+    assert "again," in log  # reconnected after the loss
+    assert new_password not in log and pulse.password not in log
