@@ -342,7 +342,8 @@ def bindings_command(app_name: str, url: str | None, as_json: bool, offline: boo
                 with open_connection(source.config) as connection:
                     states = queue_states(connection, source.config, source.plans)
             except PulseCeleryError as exc:
-                click.echo(f"queue state of source {source.name!r} not shown: {exc}", err=True)
+                where = "" if source.name == "default" else f" for source {source.name!r}"
+                click.echo(f"queue state not shown{where}: {exc}", err=True)
         rows.extend(queue_rows(source.config, source.plans, states, source.name))
     if as_json:
         for row in rows:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +22,7 @@ __all__ = [
     "RetryingPublisher",
     "Worker",
     "app_worker",
+    "cli",
     "read_records",
     "user_connections_tls",
     "wait_until",
@@ -56,6 +59,20 @@ def app_worker(
         log_path=tmp_path / "worker.log",
         pool=pool,
         concurrency=concurrency,
+    )
+
+
+def cli(*args: str, env: dict[str, str] | None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``pulse-celery ARGS`` as a user would, from the test apps' folder."""
+    return subprocess.run(
+        [sys.executable, "-m", "pulse_celery.cli", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=60,
+        cwd=APPS,
+        env=env,
+        check=False,
     )
 
 

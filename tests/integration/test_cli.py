@@ -17,7 +17,7 @@ from kombu import Connection, Exchange, Queue
 from pulse_celery.testing import _rabbitmqctl, publish, taskcluster_message
 
 from .conftest import TASK_COMPLETED, TASK_FAILED
-from .harness import APPS
+from .harness import APPS, cli
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -30,19 +30,6 @@ def admin_url(pulse) -> str:
 
 def env_for(pulse, **extra: str) -> dict[str, str]:
     return {**os.environ, "PULSE_URL": pulse.url, **extra}
-
-
-def cli(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pulse_celery.cli", *args],
-        capture_output=True,
-        text=True,
-        input=stdin,
-        timeout=60,
-        cwd=APPS,
-        env=env,
-        check=False,
-    )
 
 
 class Listener:

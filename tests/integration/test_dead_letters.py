@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections import Counter
 
 import pytest
@@ -13,20 +11,8 @@ from pulse_celery.testing import _rabbitmqctl, publish
 from pulse_celery.worker.deadletters import list_dead_letters
 
 from .conftest import TASK_COMPLETED
-from .harness import APPS, ROOT, read_records, wait_until
+from .harness import APPS, ROOT, cli, read_records, wait_until
 from .test_acks import done_ids, faults_worker, publish_ids, store_app
-
-
-def cli(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "pulse_celery.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=APPS,
-        env=env,
-        check=False,
-    )
 
 
 @pytest.mark.rabbitmq

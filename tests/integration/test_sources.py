@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -23,7 +21,7 @@ from pulse_celery import control
 from pulse_celery.testing import PulseLikeBroker
 
 from .conftest import TASK_COMPLETED
-from .harness import APPS, RetryingPublisher, app_worker, read_records, wait_until
+from .harness import RetryingPublisher, app_worker, cli, read_records, wait_until
 from .proxy import TcpProxy
 
 N = 1000
@@ -179,23 +177,17 @@ def test_a_source_that_refuses_the_login_does_not_stop_the_other(pulse, communit
         worker.stop()
 
 
-def cli(*args, env):
-    return subprocess.run(
-        [sys.executable, "-m", "pulse_celery.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=APPS,
-        env={**os.environ, **env},
-    )
-
-
 @pytest.mark.rabbitmq
 def test_check_and_bindings_show_each_source_and_one_failing_source_does_not_hide_the_other(
     pulse, community, celery_broker, tmp_path
 ):
     wrong = community.url.replace(quote(community.password, safe=""), "wrong")
-    env = {**pulse.env, "CELERY_BROKER_URL": celery_broker.url, "RECORD": str(tmp_path / "r.jsonl")}
+    env = {
+        **os.environ,
+        **pulse.env,
+        "CELERY_BROKER_URL": celery_broker.url,
+        "RECORD": str(tmp_path / "r.jsonl"),
+    }
     result = cli("check", "-A", "sources_app", env={**env, "COMMUNITY_URL": wrong})
     lines = {
         line.split(": ", 1)[0][6:]: line
