@@ -77,11 +77,18 @@ def subscription(
     on_failure: OnFailure | None,
     payload: type | None,
     all_messages: bool,
+    max_length: int | None = None,
+    expires: float | None = None,
 ) -> Subscription:
     """Check ``consume``'s arguments (ConfigError, BindingError or PulseCeleryError with the fix).
 
     ``queue`` is ``queue/<user>/<queue>``, or an anonymous queue for "" and None.
     """
+    for name, value in (("max_length", max_length), ("expires", expires)):
+        if value is not None and (isinstance(value, bool) or not value >= 1):
+            raise PulseCeleryError(f"{name} must be at least 1 (or None), not {value!r}")
+        if value is not None and not queue:
+            raise PulseCeleryError(f"{name} is for named queues; an anonymous queue dies with its connection")
     window = config.prefetch_count if prefetch is None else int(prefetch)
     if window < 1:
         raise PulseCeleryError("prefetch must be at least 1 (0 would let the broker send everything)")
@@ -91,7 +98,12 @@ def subscription(
         spec = QueueSpec(anonymous_queue_name(config.user, short_name), checked, True, "classic")
     else:
         spec = QueueSpec(
-            queue_name(config.user, validate_queue_suffix(queue)), checked, False, config.queue_type
+            queue_name(config.user, validate_queue_suffix(queue)),
+            checked,
+            False,
+            config.queue_type,
+            max_length=None if max_length is None else int(max_length),
+            expires=expires,
         )
     runner = CallbackRunner.for_config(
         config, callback, auto_ack=auto_ack, on_failure=on_failure, payload=payload
@@ -251,6 +263,8 @@ class PulseConnection:
         on_failure: OnFailure | None = None,
         payload: type | None = None,
         all_messages: bool = False,
+        max_length: int | None = None,
+        expires: float | None = None,
     ) -> PulseQueue:
         """Consume ``queue`` (``queue/<user>/<queue>``; "" or None: anonymous) with ``callback``.
 
@@ -262,11 +276,26 @@ class PulseConnection:
         ``prefetch`` (default ``prefetch_count``). A queue that cannot be declared or bound
         is retried on its own; the others consume on. See :mod:`pulse_celery.pulse.handler`
         for what happens when the callback raises, and ``on_failure``.
+
+        A named queue's ``max_length`` (x-max-length; default ``queue_max_length``) and
+        ``expires`` (x-expires, seconds without a consumer before the broker deletes it) are
+        its own. Bindings an earlier run declared on the named queue, and this call does not,
+        are removed (see :mod:`~pulse_celery.pulse.records`).
         """
         if self._closed:
             raise PulseCeleryError("this Pulse connection is closed; make a new one")
         sub = subscription(
-            self.config, queue, callback, prefetch, auto_ack, bindings, on_failure, payload, all_messages
+            self.config,
+            queue,
+            callback,
+            prefetch,
+            auto_ack,
+            bindings,
+            on_failure,
+            payload,
+            all_messages,
+            max_length=max_length,
+            expires=expires,
         )
         key = f"anonymous-{next(_anonymous)}" if sub.spec.anonymous else sub.spec.name
         consumer = self._call(

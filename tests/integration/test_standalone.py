@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import threading
 import time
 from collections import Counter
@@ -289,3 +290,47 @@ def test_bad_credentials_are_reported_by_wait_consuming_without_the_password(pul
         conn.start()
         problem = queue.wait_consuming(30) or ""
     assert "ACCESS_REFUSED" in problem and "wrong-secret" not in problem
+
+
+@pytest.mark.rabbitmq
+def test_a_queues_own_length_and_expiry_are_its_arguments_and_a_dropped_binding_is_removed(pulse):
+    # Given a first run that binds "pruned" to two exchanges, with its own x-max-length and x-expires
+    with connect(pulse) as conn:
+        first = conn.consume(
+            "pruned",
+            lambda p, d: None,
+            bindings=[(TASK_COMPLETED, "primary.#"), (TASK_FAILED, "primary.#")],
+            max_length=500,
+            expires=3600,
+        )
+        conn.start()
+        assert first.wait_consuming(30) is None
+        name = first.name
+    out = rabbitmqctl("list_queues", "-p", pulse.vhost, "name", "arguments", "--formatter", "json")
+    [arguments] = [q["arguments"] for q in json.loads(out) if q["name"] == name]
+    assert {key: value for key, _, value in arguments} == {
+        "x-queue-type": "quorum",
+        "x-max-length": 500,
+        "x-expires": 3600000,
+    }
+
+    # When the next run consumes it without the task-failed binding
+    received = Collector()
+    with connect(pulse) as conn:
+        second = conn.consume(
+            "pruned",
+            lambda p, d: received(d.exchange),
+            bindings=[(TASK_COMPLETED, "primary.#")],
+            max_length=500,
+            expires=3600,
+        )
+        conn.start()
+        assert second.wait_consuming(30) is None
+        # Then only the remaining binding is on the queue, and task-failed messages stop arriving
+        bound = rabbitmqctl("list_bindings", "-p", pulse.vhost, "source_name", "destination_name")
+        sources = {line.split("\t")[0] for line in bound.splitlines() if line.endswith("\t" + name)}
+        assert sources == {"", TASK_COMPLETED}, bound
+        publish_all(pulse, range(10))  # task-completed and task-failed in turn
+        assert wait_until(lambda: len(received) >= 5, timeout=30)
+        time.sleep(0.5)
+        assert Counter(received.snapshot()) == Counter({TASK_COMPLETED: 5})
