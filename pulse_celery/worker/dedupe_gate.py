@@ -5,9 +5,10 @@ Per delivery of a binding with dedupe on (task id: the message's stable id):
 * a delivery the broker flags as seen before (``redelivered``, or a quorum queue's
   ``x-delivery-count`` above 0) is looked up in the store; ``succeeded`` (both policies) or
   ``enqueued`` (``enqueue``) means it is acked without running or enqueueing it again, and
-  counted (``deduplicated``). Only such deliveries are looked up: RabbitMQ guarantees that a
-  message without the flag was never delivered before, so a lookup of every message (one
-  Redis round trip each, on the worker's event loop) would buy nothing against lost acks;
+  counted (``deduplicated``). Only such deliveries are looked up here: RabbitMQ guarantees
+  that a message without the flag was never delivered before, and a lookup of every message
+  would cost a Redis round trip each on the worker's event loop. A message a publisher sent
+  twice comes unflagged: the guard where the task runs looks up every task (guard.py);
 * under ``enqueue``, once the Celery broker confirms a task message its entry becomes
   ``enqueued``, then the Pulse message is acked. The entries of one batch of confirms go to
   Redis in one pipeline (after each batch the hand-off reports, or at the next turn of the

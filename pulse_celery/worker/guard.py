@@ -3,9 +3,12 @@
 Installed on every task that a binding with dedupe on invokes, it wraps the task's ``run``
 in the process that runs it (a prefork child, a thread, or the worker itself):
 
-* before the task runs, a *redelivered* message's task (flagged so by Pulse, or by the
-  Celery broker under ``enqueue``) whose entry is ``succeeded`` is not run: it ends as
-  Celery's ``Ignore`` (acked, no result stored over the first run's);
+* before the task runs, a task whose entry is ``succeeded`` is not run: it ends as Celery's
+  ``Ignore`` (acked, no result stored over the first run's). Every deduped task is looked
+  up here, not only redeliveries: a publisher that lost a confirm and published again sends
+  the same message unflagged (the fault tests' publisher does, when its connection is
+  closed), and this lookup costs the pool process one Redis round trip, never the worker's
+  event loop;
 * as soon as the task returns, its entry becomes ``succeeded``, from that process, before
   the worker's main process even learns of the result, so before any ack: a SIGKILL of the
   worker after this point cannot make the task run again.
@@ -50,13 +53,8 @@ def _dedupe_requested(request: Any) -> bool:
     )
 
 
-def _redelivered(request: Any, queue_redelivered: bool) -> bool:
-    info = getattr(request, "delivery_info", None) or {}
-    return bool(queue_redelivered or info.get("redelivered"))
-
-
 def guarded(task: Any, run: Callable[..., Any], *, store: DedupeStore) -> Callable[..., Any]:
-    """``run``, skipped for a redelivery whose entry is ``succeeded``, recording success when it returns."""
+    """``run``, skipped when its entry is ``succeeded``, recording success when it returns."""
 
     @wraps(run)
     def run_once(*args: Any, **kwargs: Any) -> Any:
@@ -65,21 +63,20 @@ def guarded(task: Any, run: Callable[..., Any], *, store: DedupeStore) -> Callab
         if meta is None or not request.id:
             return run(*args, **kwargs)
         key = dedupe_key(meta.queue, request.id)
-        if _redelivered(request, meta.redelivered):
-            try:
-                state = store.state(key)
-            except StoreUnavailable:
-                state = None  # run it: at least once (dedupe.py says why)
-            if state == SUCCEEDED:
-                logger.info(
-                    "Task %s[%s] for the Pulse message from %s (%s) already succeeded (dedupe store); "
-                    "not run again, its message is acked",
-                    task.name,
-                    request.id,
-                    meta.exchange,
-                    meta.routing_key,
-                )
-                raise Ignore()
+        try:
+            state = store.state(key)
+        except StoreUnavailable:
+            state = None  # run it: at least once (dedupe.py says why)
+        if state == SUCCEEDED:
+            logger.info(
+                "Task %s[%s] for the Pulse message from %s (%s) already succeeded (dedupe store); "
+                "not run again, its message is acked",
+                task.name,
+                request.id,
+                meta.exchange,
+                meta.routing_key,
+            )
+            raise Ignore()
         result = run(*args, **kwargs)
         try:
             store.record([key], SUCCEEDED)

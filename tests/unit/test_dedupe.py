@@ -257,6 +257,14 @@ def test_the_guard_records_success_and_skips_a_redelivery_that_already_succeeded
     assert len(runs) == 1
 
 
+def test_the_guard_skips_a_repeat_the_broker_did_not_flag_as_redelivered(guarded_app):
+    # A publisher that lost a confirm publishes the same message again, unflagged.
+    handle, runs, _store = guarded_app
+    apply(handle, "t3", redelivered=False)
+    assert apply(handle, "t3", redelivered=False).state == "IGNORED"
+    assert len(runs) == 1
+
+
 def test_the_guard_leaves_a_task_called_the_ordinary_way_alone(guarded_app):
     handle, runs, store = guarded_app
     assert handle.apply(args=({"n": 2},), task_id="t2").get() == "ok"

@@ -3,6 +3,7 @@
 RECORD: JSON-lines file; the task appends {"event": "start"|"done", "id": ..., ...}.
 TASK_SECONDS: how long each task sleeps between start and done.
 ACK_POLICY: the binding's ack policy. ANONYMOUS=1: bind through an anonymous queue.
+DEDUPE=1: the binding dedupes (store: PULSE_DEDUPE_URL).
 """
 
 import json
@@ -44,7 +45,10 @@ def record(event, payload, **extra):
         f.write(json.dumps(line) + "\n")
 
 
-@pulse_binding(EXCHANGE, "primary.#", queue=QUEUE, ack=os.environ.get("ACK_POLICY", "enqueue"))
+DEDUPE = True if os.environ.get("DEDUPE") else None
+
+
+@pulse_binding(EXCHANGE, "primary.#", queue=QUEUE, ack=os.environ.get("ACK_POLICY", "enqueue"), dedupe=DEDUPE)
 @app.task(acks_late=True, reject_on_worker_lost=True)
 def handle(payload):
     record("start", payload)
