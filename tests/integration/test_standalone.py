@@ -95,7 +95,7 @@ def test_readme_example_survives_a_broker_restart_pauses_and_is_not_blocked_by_a
         assert resolved.wait_consuming(30) is None
         # Then the second queue is refused and retried on its own, and says why
         assert "does not exist" in (second.wait_consuming(30) or "")
-        assert second.state == "waiting"
+        assert second.state == "failing"
 
         # When 600 events flow and the broker restarts in the middle of them
         publisher = RetryingPublisher(pulse, 600, message=events())
