@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from ..config import AppConfig
 from ..errors import ConfigError
@@ -54,6 +55,71 @@ def require_prometheus() -> Any:
     return prometheus_client
 
 
+#: The labels of the per-queue families, and of the per-connection ones.
+QUEUE_LABELS = ("worker", "source", "queue")
+SOURCE_LABELS = ("worker", "source")
+
+
+@dataclass(frozen=True)
+class Family:
+    """One metric family as Prometheus shows it; the reference documentation is made from these."""
+
+    #: Name without the ``_total`` suffix Prometheus adds to a counter.
+    name: str
+    kind: Literal["counter", "gauge"]
+    help: str
+    labels: tuple[str, ...]
+    #: The values of the last label, when it takes a fixed set (``outcome``, ``state``).
+    values: tuple[str, ...] = ()
+
+    @property
+    def exposed_name(self) -> str:
+        """The name a scrape shows: ``pulse_celery_deliveries_total`` for a counter."""
+        return f"{self.name}_total" if self.kind == "counter" else self.name
+
+
+#: Every family the /metrics endpoint serves, in the order a scrape lists them.
+FAMILIES = (
+    Family("pulse_celery_deliveries", "counter", "Deliveries received from a Pulse queue", QUEUE_LABELS),
+    Family(
+        "pulse_celery_redeliveries",
+        "counter",
+        "Deliveries the broker flagged as redelivered",
+        QUEUE_LABELS,
+    ),
+    Family(
+        "pulse_celery_messages",
+        "counter",
+        "Pulse deliveries settled, by outcome (dead-lettered and deduplicated ones are also acked)",
+        (*QUEUE_LABELS, "outcome"),
+        tuple(outcome for _, outcome in OUTCOMES),
+    ),
+    Family(
+        "pulse_celery_in_flight",
+        "gauge",
+        "Deliveries received and not yet acked or rejected",
+        QUEUE_LABELS,
+    ),
+    Family("pulse_celery_prefetch", "gauge", "Prefetch of the queue's consumer", QUEUE_LABELS),
+    Family(
+        "pulse_celery_queue_state",
+        "gauge",
+        "1 for the queue's current state ('failing': the broker refused it; see pulse_status)",
+        (*QUEUE_LABELS, "state"),
+        tuple(QUEUE_STATES),
+    ),
+    Family(
+        "pulse_celery_connection_state",
+        "gauge",
+        "1 for the Pulse connection's current state",
+        (*SOURCE_LABELS, "state"),
+        tuple(CONNECTION_STATES),
+    ),
+    Family("pulse_celery_connects", "counter", "Pulse connections established", SOURCE_LABELS),
+    Family("pulse_celery_connection_losses", "counter", "Pulse connections lost", SOURCE_LABELS),
+)
+
+
 class StatusCollector:
     """A Prometheus collector that reads the consumer's status at each scrape."""
 
@@ -64,76 +130,35 @@ class StatusCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+        kinds = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}
+        family = {f.name: kinds[f.kind](f.name, f.help, labels=list(f.labels)) for f in FAMILIES}
         status = self.status()
         queues: dict[str, dict[str, Any]] = status["queues"]
         sources: dict[str, dict[str, Any]] = status.get("sources") or {"default": status["connection"]}
         w = self.worker
-        labels = ["worker", "source", "queue"]
 
-        delivered = CounterMetricFamily(
-            "pulse_celery_deliveries", "Deliveries received from a Pulse queue", labels=labels
-        )
-        redelivered = CounterMetricFamily(
-            "pulse_celery_redeliveries",
-            "Deliveries the broker flagged as redelivered",
-            labels=labels,
-        )
-        messages = CounterMetricFamily(
-            "pulse_celery_messages",
-            "Pulse deliveries settled, by outcome (dead-lettered and deduplicated ones are also acked)",
-            labels=[*labels, "outcome"],
-        )
-        in_flight = GaugeMetricFamily(
-            "pulse_celery_in_flight", "Deliveries received and not yet acked or rejected", labels=labels
-        )
-        prefetch = GaugeMetricFamily(
-            "pulse_celery_prefetch", "Prefetch of the queue's consumer", labels=labels
-        )
-        queue_state = GaugeMetricFamily(
-            "pulse_celery_queue_state",
-            "1 for the queue's current state ('failing': the broker refused it; see pulse_status)",
-            labels=[*labels, "state"],
-        )
         for key, q in queues.items():
             source = q.get("source", "default")
             name = key.split(":", 1)[1] if source != "default" and key.startswith(f"{source}:") else key
             at = [w, source, name]
-            delivered.add_metric(at, q["delivered"])
-            redelivered.add_metric(at, q["redelivered"])
+            family["pulse_celery_deliveries"].add_metric(at, q["delivered"])
+            family["pulse_celery_redeliveries"].add_metric(at, q["redelivered"])
             for field, outcome in OUTCOMES:
-                messages.add_metric([*at, outcome], q[field])
-            in_flight.add_metric(at, q["in_flight"])
-            prefetch.add_metric(at, q["prefetch"])
+                family["pulse_celery_messages"].add_metric([*at, outcome], q[field])
+            family["pulse_celery_in_flight"].add_metric(at, q["in_flight"])
+            family["pulse_celery_prefetch"].add_metric(at, q["prefetch"])
+            queue_state = family["pulse_celery_queue_state"]
             for state in QUEUE_STATES:
                 queue_state.add_metric([*at, state], 1.0 if q["state"] == state else 0.0)
 
-        connection_state = GaugeMetricFamily(
-            "pulse_celery_connection_state",
-            "1 for the Pulse connection's current state",
-            labels=["worker", "source", "state"],
-        )
-        connects = CounterMetricFamily(
-            "pulse_celery_connects", "Pulse connections established", labels=["worker", "source"]
-        )
-        losses = CounterMetricFamily(
-            "pulse_celery_connection_losses", "Pulse connections lost", labels=["worker", "source"]
-        )
         for source, connection in sources.items():
             for state in CONNECTION_STATES:
-                connection_state.add_metric([w, source, state], 1.0 if connection["state"] == state else 0.0)
-            connects.add_metric([w, source], connection["connects"])
-            losses.add_metric([w, source], connection["losses"])
-        yield from (
-            delivered,
-            redelivered,
-            messages,
-            in_flight,
-            prefetch,
-            queue_state,
-            connection_state,
-            connects,
-            losses,
-        )
+                family["pulse_celery_connection_state"].add_metric(
+                    [w, source, state], 1.0 if connection["state"] == state else 0.0
+                )
+            family["pulse_celery_connects"].add_metric([w, source], connection["connects"])
+            family["pulse_celery_connection_losses"].add_metric([w, source], connection["losses"])
+        yield from family.values()
 
 
 class StatusReporter:
