@@ -20,7 +20,9 @@ from .routing_keys import topic_matches, validate_pattern
 class Binding:
     """One exchange and routing-key pattern feeding a queue."""
 
+    #: Name of the exchange (``exchange/taskcluster-queue/v1/task-completed``).
     exchange: str
+    #: Topic pattern matched against the routing key and each CC route (``primary.#``).
     routing_key: str
 
     def matches(self, exchange: str, routing_keys: Iterable[str]) -> bool:

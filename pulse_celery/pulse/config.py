@@ -49,13 +49,31 @@ class PulseConfig:
     #: Scheme, host and port only: no credentials, no vhost; several hosts are joined by ``;``.
     url: str = field(
         metadata={
-            "doc": "Pulse URL (credentials and vhost are taken out of it); several hosts of one "
-            "cluster as 'amqps://h1:5671;amqps://h2:5671' or a list: tried in turn (round robin)"
+            "doc": "Pulse URL; its credentials (URL-encoded) and its path (the vhost, as in "
+            "'.../communitytc') are taken out of it; several hosts of one cluster as "
+            "'amqps://h1:5671;amqps://h2:5671' or a list: tried in turn (round robin); amqps:// "
+            "verifies the certificate chain and the host name",
+            "default_doc": f"production Pulse, {PRODUCTION_URL}",
         }
     )
-    user: str = field(metadata={"doc": "Pulse user name"})
-    password: str = field(repr=False, metadata={"doc": "Pulse password"})
-    vhost: str = setting("/", "Virtual host (firefox-ci: '/', community Taskcluster: 'communitytc')")
+    user: str = field(
+        metadata={
+            "doc": "Pulse user name; it names the queues (queue/<user>/...)",
+            "default_doc": "the URL's user, else 'guest'",
+        }
+    )
+    password: str = field(
+        repr=False,
+        metadata={
+            "doc": "Pulse password; never shown in logs, reprs or error messages",
+            "default_doc": "the URL's password, else 'guest'",
+        },
+    )
+    vhost: str = setting(
+        "/",
+        "Virtual host (firefox-ci: '/', community Taskcluster: 'communitytc')",
+        default_doc="the URL's path, else '/'",
+    )
     heartbeat: float = setting(
         120.0,
         "Seconds between AMQP heartbeats (the Taskcluster client uses 120)",

@@ -30,9 +30,21 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
 
-def setting(default: Any, doc: str, *, check: Check | None = None, secret: bool = False) -> Any:
-    """Declare one setting of a settings dataclass."""
-    return dataclasses.field(default=default, repr=not secret, metadata={"doc": doc, "check": check})
+def setting(
+    default: Any,
+    doc: str,
+    *,
+    check: Check | None = None,
+    secret: bool = False,
+    default_doc: str | None = None,
+) -> Any:
+    """Declare one setting of a settings dataclass.
+
+    ``default_doc`` is what the reference documentation shows as the default when the
+    field's default is not the whole story (``"the URL's path, else '/'"``).
+    """
+    metadata = {"doc": doc, "check": check, "default_doc": default_doc}
+    return dataclasses.field(default=default, repr=not secret, metadata=metadata)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +56,8 @@ class SettingInfo:
     default: Any
     doc: str
     check: Check | None
+    #: The default as the docs show it, when the field's own default does not say it all.
+    default_doc: str | None = None
 
 
 @functools.cache
@@ -57,6 +71,7 @@ def describe(cls: type) -> tuple[SettingInfo, ...]:
             default=f.default,
             doc=f.metadata.get("doc", ""),
             check=f.metadata.get("check"),
+            default_doc=f.metadata.get("default_doc"),
         )
         for f in dataclasses.fields(cls)
         if "doc" in f.metadata
