@@ -1,0 +1,254 @@
+"""MkDocs hook: the reference tables, generated from the code at each build so they cannot drift.
+
+A page asks for a table with a marker line, replaced before the Markdown is rendered:
+
+* ``<!-- reference:connection-settings -->``: the engine's settings (``PulseConfig``), which a
+  Celery app, ``PulseConnection`` and a ``pulse_sources`` entry all take;
+* ``<!-- reference:worker-settings -->``: the settings only a Celery worker reads (``AppConfig``);
+* ``<!-- reference:queue-settings -->``: the keys of a ``pulse_queues`` entry (``QueueOptions``);
+* ``<!-- reference:source-keys -->``: what a ``pulse_sources`` entry takes and inherits;
+* ``<!-- reference:config-error-example -->``: a ConfigError as the code words it;
+* ``<!-- reference:metrics -->``: the Prometheus metric families (``worker.metrics.FAMILIES``);
+* ``<!-- reference:error-tree -->``: the exception tree, from the classes themselves;
+* ``<!-- reference:error-classes -->``: a mkdocstrings section per exception class;
+* ``<!-- reference:error-notes -->``: what errors.py's docstring says after its tree.
+
+An unknown marker, or an error tree in ``errors.py``'s docstring that no longer matches the
+classes, is a warning, which fails ``mkdocs build --strict``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import inspect
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("mkdocs.hooks.reference")
+
+MARKER = re.compile(r"^<!-- reference:([a-z-]+) -->$", re.MULTILINE)
+
+
+def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        generator = GENERATORS.get(name)
+        if generator is None:
+            log.warning(
+                "%s: unknown marker reference:%s (known: %s)", page.file.src_uri, name, ", ".join(GENERATORS)
+            )
+            return match.group(0)
+        return generator()
+
+    return MARKER.sub(replace, markdown)
+
+
+# Settings ---------------------------------------------------------------------------------
+
+
+def _cell(text: str) -> str:
+    """Text safe in a Markdown table cell: no HTML, no column breaks."""
+    return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
+
+
+def _code(text: str) -> str:
+    return "`" + text.replace("|", "\\|") + "`"
+
+
+def _default(info: Any) -> str:
+    if info.default_doc:
+        return _cell(info.default_doc)
+    if info.default is dataclasses.MISSING or info.default is None:
+        return "unset"
+    if isinstance(info.default, int) and not isinstance(info.default, bool) and info.default >= 10_000:
+        return _code(f"{info.default}") + f" ({info.default:,})"
+    return _code(repr(info.default) if isinstance(info.default, str) else str(info.default))
+
+
+def _environment(name: str, tp: Any) -> str:
+    from pulse_celery.pulse.config import ENVIRONMENT_NAMES
+
+    names = {setting: env for env, setting in ENVIRONMENT_NAMES.items()}
+    env = _code(names.get(name, f"PULSE_{name.upper()}"))
+    shown = _type(tp)
+    if shown.startswith("dict"):
+        env += " (JSON)"
+    elif "callable" in shown:
+        env += " (`module:name`)"
+    return env
+
+
+def _type(tp: Any) -> str:
+    from pulse_celery.pulse.settings import type_name
+
+    return type_name(tp)
+
+
+def _settings_table(infos: Any, *, prefix: str = "pulse_", environment: bool = True) -> str:
+    head = ["setting"] + (["environment"] if environment else []) + ["type", "default", "meaning"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for info in infos:
+        cells = [_code(prefix + info.name)]
+        if environment:
+            cells.append(_environment(info.name, info.type))
+        cells += [_code(_type(info.type)), _default(info), _cell(info.doc)]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def connection_settings() -> str:
+    from pulse_celery.pulse.config import PulseConfig
+    from pulse_celery.pulse.settings import describe
+
+    return _settings_table(describe(PulseConfig))
+
+
+def worker_settings() -> str:
+    from pulse_celery.config import AppConfig
+    from pulse_celery.pulse.config import PulseConfig
+    from pulse_celery.pulse.settings import describe
+
+    engine = {info.name for info in describe(PulseConfig)}
+    return _settings_table(info for info in describe(AppConfig) if info.name not in engine)
+
+
+def queue_settings() -> str:
+    from pulse_celery.plan import QueueOptions
+    from pulse_celery.pulse.settings import describe
+
+    return _settings_table(describe(QueueOptions), prefix="", environment=False)
+
+
+def source_keys() -> str:
+    from pulse_celery.sources import OWN_KEYS, SOURCE_KEYS
+
+    own = ", ".join(_code(key) for key in sorted(OWN_KEYS))
+    inherited = ", ".join(_code(key) for key in sorted(SOURCE_KEYS - OWN_KEYS))
+    return (
+        f"A `pulse_sources` entry takes the connection settings above, without the `pulse_` "
+        f"prefix. It gives its own {own} (never taken from the default source), and takes "
+        f"{inherited} from the app's `pulse_*` settings unless it sets them.\n"
+    )
+
+
+def config_error_example() -> str:
+    """A real ConfigError: the one a binding to another user's queue gets at worker start."""
+    from pulse_celery.errors import ConfigError
+    from pulse_celery.pulse.topology import queue_name
+
+    try:
+        queue_name("alice", "queue/bob/builds")
+    except ConfigError as exc:
+        return f"```\nConfigError: {exc}\n```\n"
+    log.warning("queue_name('alice', 'queue/bob/builds') no longer raises ConfigError: fix the example")
+    return ""
+
+
+# Metrics ----------------------------------------------------------------------------------
+
+
+def metrics() -> str:
+    from pulse_celery.worker.metrics import FAMILIES
+
+    rows = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
+    for family in FAMILIES:
+        labels = ", ".join(_code(label) for label in family.labels)
+        meaning = _cell(family.help)
+        if family.values:
+            meaning += f"; `{family.labels[-1]}` is one of " + ", ".join(_code(v) for v in family.values)
+        rows.append(f"| {_code(family.exposed_name)} | {family.kind} | {labels} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+# Errors -----------------------------------------------------------------------------------
+
+
+def _error_classes() -> list[tuple[int, type]]:
+    """Each exception class of errors.py with its depth in the tree, depth first."""
+    from pulse_celery import errors
+
+    found: list[tuple[int, type]] = []
+
+    def walk(cls: type, depth: int) -> None:
+        found.append((depth, cls))
+        for sub in cls.__subclasses__():
+            if sub.__module__ == errors.__name__:
+                walk(sub, depth + 1)
+
+    walk(errors.PulseCeleryError, 0)
+    return found
+
+
+def error_tree() -> str:
+    from pulse_celery import errors
+
+    def summary(cls: type) -> str:
+        return (inspect.getdoc(cls) or "").split("\n", 1)[0]
+
+    found = _error_classes()
+    _check_drawn_tree(errors.__doc__ or "", found)
+    lines = []
+    for depth, cls in found:
+        bases = ", ".join(base.__name__ for base in cls.__bases__)
+        anchor = f"pulse_celery.errors.{cls.__name__}"
+        lines.append(f"{'    ' * depth}- [`{cls.__name__}`](#{anchor}) ({bases}): {_cell(summary(cls))}")
+    return "\n".join(lines) + "\n"
+
+
+def error_classes() -> str:
+    """A mkdocstrings section per exception class, in the tree's order."""
+    return "\n".join(
+        f"::: pulse_celery.errors.{cls.__name__}\n    options:\n      heading_level: 3\n"
+        for _, cls in _error_classes()
+    )
+
+
+def error_notes() -> str:
+    """What errors.py's docstring says after the tree it draws."""
+    from pulse_celery import errors
+
+    after = inspect.cleandoc(errors.__doc__ or "").partition("The tree::")[2].splitlines()
+    notes = [line for line in after if line and not line.startswith(" ")] if after else []
+    return inspect.cleandoc("\n".join(notes)) + "\n"
+
+
+def _check_drawn_tree(doc: str, found: list[tuple[int, type]]) -> None:
+    """Warn when the tree drawn in errors.py's docstring is not the classes' tree."""
+    drawn: dict[str, str | None] = {}
+    parents: list[str] = []
+    root_column = None
+    for line in doc.partition("The tree::")[2].splitlines()[1:]:
+        if line and not line.startswith(" "):
+            break
+        name = re.search(r"[A-Z]\w+", line)
+        if name is None:
+            continue
+        if root_column is None:
+            root_column = name.start()
+        depth = (name.start() - root_column) // 4
+        parents[depth:] = [name.group(0)]
+        drawn[name.group(0)] = parents[depth - 1] if depth else None
+    actual = {cls.__name__: (cls.__bases__[0].__name__ if depth else None) for depth, cls in found}
+    if drawn != actual:
+        log.warning(
+            "pulse_celery/errors.py: the tree drawn in the docstring (class: parent) %s is not "
+            "the classes' tree %s",
+            drawn,
+            actual,
+        )
+
+
+GENERATORS: dict[str, Callable[[], str]] = {
+    "connection-settings": connection_settings,
+    "worker-settings": worker_settings,
+    "queue-settings": queue_settings,
+    "source-keys": source_keys,
+    "config-error-example": config_error_example,
+    "metrics": metrics,
+    "error-tree": error_tree,
+    "error-classes": error_classes,
+    "error-notes": error_notes,
+}
