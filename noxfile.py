@@ -2,6 +2,8 @@
 
 * ``unit-3.10`` ... ``unit-3.13``: the unit tests on each supported Python, with the newest
   Celery, kombu and py-amqp that pip resolves.
+* ``docs``: the docs site, built with ``mkdocs build --strict`` (not in the default list:
+  .ci/run builds it in its own venv).
 * ``celery-lowest`` and ``celery-highest``: the end-to-end and ack tests against the local
   RabbitMQ on the lowest and the highest supported Celery, each pinned with its kombu and
   py-amqp (the lowest session runs the unit tests too: they cover pulse_celery._compat's
@@ -70,6 +72,16 @@ def celery_highest(session: nox.Session) -> None:
     session.install("-e", ".[test]", *HIGHEST)
     _check_installed(session, HIGHEST)
     session.run("pytest", *INTEGRATION, *session.posargs)
+
+
+@nox.session(python=PYTHONS[1])
+def docs(session: nox.Session) -> None:
+    """Build the docs site with --strict (a broken link or reference fails); ``-- serve`` serves it."""
+    session.install("-e", ".[docs]")
+    if session.posargs[:1] == ["serve"]:
+        session.run("mkdocs", "serve", *session.posargs[1:])
+    else:
+        session.run("mkdocs", "build", "--strict", "-d", session.create_tmp() + "/site", *session.posargs)
 
 
 def _check_installed(session: nox.Session, pins: list[str]) -> None:
