@@ -14,9 +14,9 @@ Each example is in exactly one of the named lists below, with the reason
 * :data:`RABBITMQ`: run against a Pulse-like vhost on the local RabbitMQ
   (tests/integration/test_docs_examples.py);
 * :data:`PRODUCTION`: an app aimed at production Pulse: imported as a module as written (its
-  imports and configuration), then pointed at a Pulse-like vhost per source, with the
-  exchanges it binds declared there as Pulse has them, and checked with ``pulse-celery check``
-  (tests/integration/test_docs_examples.py);
+  imports and configuration), its tasks run in process on Taskcluster events, then pointed at
+  a Pulse-like vhost per source, with the exchanges it binds declared there as Pulse has them,
+  and checked with ``pulse-celery check`` (tests/integration/test_docs_examples.py);
 * :data:`NOT_RUN`: not run, and why.
 
 A fragment that uses what its page set up earlier (an ``app``) names it in :data:`GIVEN`.

@@ -2,8 +2,9 @@
 
 * RABBITMQ: each example runs on a Pulse-like vhost, driven as its page says a user would.
 * PRODUCTION: each app aimed at production Pulse is imported as written (its imports and its
-  configuration load), then pointed at a Pulse-like vhost per source, where the exchanges its
-  bindings name exist as Pulse has them (topic, durable), and ``pulse-celery check`` passes.
+  configuration load), its tasks run in process on Taskcluster events of the exchanges they
+  bind, then it is pointed at a Pulse-like vhost per source, where the exchanges its bindings
+  name exist as Pulse has them (topic, durable), and ``pulse-celery check`` passes.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from kombu import Exchange
 from pulse_celery.bindings import app_bindings
 from pulse_celery.config import load_config
 from pulse_celery.sources import DEFAULT, plan_sources
-from pulse_celery.testing import PulseLikeBroker, publish, taskcluster_message, wait_until
+from pulse_celery.testing import PulseLikeBroker, deliver, publish, taskcluster_message, wait_until
 from tests.docs_examples import GIVEN, PRODUCTION, RABBITMQ, ROOT, Example, examples_in
 
 from .conftest import TASK_COMPLETED
@@ -193,6 +194,11 @@ def _declare(broker: PulseLikeBroker, exchanges: set[str]) -> None:
             Exchange(name, type="topic", durable=True).declare(channel=conn.default_channel)
 
 
+#: The Taskcluster queue's task events, which taskcluster_message() makes (``task-<state>``).
+TASK_EVENTS = "exchange/taskcluster-queue/v1/task-"
+ROUTE = "route.tc-treeherder.v2.autoland.918d7c84da371bda26460fb4b50f161d32107880.88554"
+
+
 class PulseVhosts:
     """A Pulse-like vhost per source name, made on first use; ``check`` leaves nothing on them."""
 
@@ -217,7 +223,7 @@ def pulse_vhosts() -> Iterator[PulseVhosts]:
 
 
 @pytest.mark.parametrize("example", examples_in(PRODUCTION), ids=lambda example: example.name)
-def test_production_app_example_passes_pulse_celery_check_on_a_pulse_like_vhost(
+def test_production_app_example_runs_its_tasks_and_passes_pulse_celery_check_on_a_pulse_like_vhost(
     example, pulse_vhosts, monkeypatch, tmp_path, as_written
 ):
     # Given the example as a module, imported as written: its settings load and plan queues
@@ -229,6 +235,14 @@ def test_production_app_example_passes_pulse_celery_check_on_a_pulse_like_vhost(
     exchanges = {
         source.name: {b.exchange for plan in source.plans for b in plan.bindings} for source in sources
     }
+    # and each bound task runs, in process, on a real-shaped event of the Taskcluster queue
+    # exchange it binds (with a CC route), as a worker would run it
+    for source in sources:
+        for binding in (b for plan in source.plans for b in plan.bindings):
+            if binding.exchange.startswith(TASK_EVENTS):
+                key, body = taskcluster_message(binding.exchange.removeprefix(TASK_EVENTS))
+                result = deliver(app, binding.exchange, key, body, routes=[ROUTE], source=source.name)
+                assert result.successful()
     # and a Pulse-like vhost for each of its sources, with the Pulse exchanges its bindings name
     for name, names in exchanges.items():
         _declare(pulse_vhosts[name], names)
