@@ -21,6 +21,7 @@ from kombu import Connection, Exchange
 
 #: The test CA that ``scripts/rabbitmq-tls.sh`` makes for the local TLS listener (127.0.0.1:5671).
 TLS_DIR = os.environ.get("PULSE_CELERY_TLS_DIR", "/etc/rabbitmq/pulse-celery-tls")
+#: That CA's PEM bundle: give it as ``ssl_ca_certs`` to trust the local TLS listener.
 TLS_CA_CERTS = os.path.join(TLS_DIR, "ca.pem")
 
 
