@@ -32,6 +32,11 @@ log = logging.getLogger("mkdocs.hooks.reference")
 MARKER = re.compile(r"^<!-- reference:([a-z-]+) -->$", re.MULTILINE)
 
 
+def on_config(config: Any, **_: Any) -> Any:
+    _fix_mkdocs_click()
+    return config
+
+
 def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
     def replace(match: re.Match[str]) -> str:
         name = match.group(1)
@@ -46,6 +51,46 @@ def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
     return MARKER.sub(replace, markdown)
 
 
+# The command line ------------------------------------------------------------------------
+
+
+def _fix_mkdocs_click() -> None:
+    """Two fixes to mkdocs-click 0.9's rendering of the click commands (docs/reference/cli.md).
+
+    * With click >= 8.3 an option without a default has ``Sentinel.UNSET`` as its default,
+      which mkdocs-click prints as is; ``to_info_dict()`` gives None, as click did before
+      (the fix proposed upstream, mkdocs/mkdocs-click#95).
+    * Help texts are Markdown there: ``queue/<user>/...`` would be read as an HTML tag and
+      vanish, so ``<`` and ``>`` are escaped.
+    """
+    from mkdocs_click import _docs
+
+    if getattr(_docs, "_pulse_celery_fixed", False):
+        return
+
+    def option_row(option: Any) -> str:
+        names = ", ".join(f"`{opt}`" for opt in option.opts)
+        if option.secondary_opts:
+            names += " / " + ", ".join(f"`{opt}`" for opt in option.secondary_opts)
+        description = _cell(option.help) if option.help is not None else "N/A"
+        default = option.to_info_dict().get("default")
+        if default is None or default == ():
+            shown = "_required" if option.required else "None"
+        else:
+            shown = f"`{default}`"
+        return f"| {names} | {_docs._format_table_option_type(option)} | {description} | {shown} |"
+
+    make_description = _docs._make_description
+
+    def description(ctx: Any, remove_ascii_art: bool = False) -> Any:
+        for line in make_description(ctx, remove_ascii_art):
+            yield html.escape(line, quote=False)
+
+    _docs._format_table_option_row = option_row
+    _docs._make_description = description
+    _docs._pulse_celery_fixed = True
+
+
 # Settings ---------------------------------------------------------------------------------
 
 
@@ -55,7 +100,8 @@ def _cell(text: str) -> str:
 
 
 def _code(text: str) -> str:
-    return "`" + text.replace("|", "\\|") + "`"
+    # The tables extension does not split a row at a | inside backticks: no escaping here.
+    return f"`{text}`"
 
 
 def _default(info: Any) -> str:
@@ -64,7 +110,8 @@ def _default(info: Any) -> str:
     if info.default is dataclasses.MISSING or info.default is None:
         return "unset"
     if isinstance(info.default, int) and not isinstance(info.default, bool) and info.default >= 10_000:
-        return _code(f"{info.default}") + f" ({info.default:,})"
+        mib, rest = divmod(info.default, 1024 * 1024)
+        return _code(f"{info.default}") + (f" ({mib} MiB)" if mib and not rest else f" ({info.default:,})")
     return _code(repr(info.default) if isinstance(info.default, str) else str(info.default))
 
 
@@ -87,16 +134,22 @@ def _type(tp: Any) -> str:
     return type_name(tp)
 
 
+def _table(head: list[str], rows: list[list[str]], kind: str = "settings") -> str:
+    """A Markdown table in a ``reference-table`` block (docs/stylesheets/reference.css styles it)."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return f'<div class="reference-table {kind}" markdown>\n\n' + "\n".join(lines) + "\n\n</div>\n"
+
+
 def _settings_table(infos: Any, *, prefix: str = "pulse_", environment: bool = True) -> str:
-    head = ["setting"] + (["environment"] if environment else []) + ["type", "default", "meaning"]
-    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for info in infos:
-        cells = [_code(prefix + info.name)]
+        name = _code(prefix + info.name)
         if environment:
-            cells.append(_environment(info.name, info.type))
-        cells += [_code(_type(info.type)), _default(info), _cell(info.doc)]
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows) + "\n"
+            name += "<br>" + _environment(info.name, info.type)
+        rows.append([name, f"{_code(_type(info.type))}<br>{_default(info)}", _cell(info.doc)])
+    head = ["setting<br>environment" if environment else "key", "type<br>default", "meaning"]
+    return _table(head, rows)
 
 
 def connection_settings() -> str:
@@ -153,14 +206,14 @@ def config_error_example() -> str:
 def metrics() -> str:
     from pulse_celery.worker.metrics import FAMILIES
 
-    rows = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
+    rows = []
     for family in FAMILIES:
         labels = ", ".join(_code(label) for label in family.labels)
         meaning = _cell(family.help)
         if family.values:
             meaning += f"; `{family.labels[-1]}` is one of " + ", ".join(_code(v) for v in family.values)
-        rows.append(f"| {_code(family.exposed_name)} | {family.kind} | {labels} | {meaning} |")
-    return "\n".join(rows) + "\n"
+        rows.append([f"{_code(family.exposed_name)}<br>{family.kind}", labels, meaning])
+    return _table(["metric", "labels", "meaning"], rows, kind="metrics")
 
 
 # Errors -----------------------------------------------------------------------------------
