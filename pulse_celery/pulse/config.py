@@ -125,7 +125,8 @@ class PulseConfig:
     credentials: Callable[[], tuple[str, str]] | None = setting(
         None,
         "Callable (or 'module:name' of one) returning (user, password), asked on every connect "
-        "attempt (so again after a refused login, and at each recycle): rotated credentials take "
+        "attempt, in the connect thread (so again after a refused login, and at each recycle): "
+        "rotated credentials take "
         "effect without a restart. The user names the queues and must not change; without "
         "pulse_user the provider is asked once when the settings are read, to learn it",
     )
