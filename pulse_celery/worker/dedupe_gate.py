@@ -9,6 +9,12 @@ Per delivery of a binding with dedupe on (task id: the message's stable id):
   that a message without the flag was never delivered before, and a lookup of every message
   would cost a Redis round trip each on the worker's event loop. A message a publisher sent
   twice comes unflagged: the guard where the task runs looks up every task (guard.py);
+* under ``enqueue``, a copy of a message whose task message is still on its way to the
+  Celery broker from this worker (a publisher that sent it twice; or the first copy's channel
+  was lost and the broker delivered it again) is not enqueued a second time: it *follows*
+  the first copy, acked when that one is (counted ``deduplicated``), requeued if its
+  hand-off fails. Without this, both copies became task messages that two pool processes
+  ran at the same moment, before either could record its success;
 * under ``enqueue``, once the Celery broker confirms a task message its entry becomes
   ``enqueued``, then the Pulse message is acked. The entries of one batch of confirms go to
   Redis in one pipeline (after each batch the hand-off reports, or at the next turn of the
@@ -50,6 +56,8 @@ class DedupeGate:
         self.store = store
         self._ticks = ticks
         self._pending: list[tuple[str, Delivery]] = []
+        #: key of each task message on its way to the Celery broker -> the copies following it
+        self._in_flight: dict[str, list[Delivery]] = {}
 
     def already_handled(self, delivery: Delivery, task_id: str, policy: str) -> bool:
         """Ack ``delivery`` and return True if its task already succeeded (or was enqueued, under enqueue)."""
@@ -74,6 +82,28 @@ class DedupeGate:
             return True
         return False
 
+    def begin_enqueue(self, delivery: Delivery, task_id: str) -> bool:
+        """Mark ``delivery``'s task message as on its way; False if a copy already is (it follows)."""
+        key = dedupe_key(delivery.queue, task_id)
+        followers = self._in_flight.get(key)
+        if followers is None:
+            self._in_flight[key] = []
+            return True
+        followers.append(delivery)
+        logger.info(
+            "Pulse message from %s (%s), task id %s, is already being enqueued by this worker; "
+            "acked once that copy is, requeued if it fails",
+            delivery.exchange,
+            delivery.routing_key,
+            task_id,
+        )
+        return False
+
+    def enqueue_failed(self, delivery: Delivery, task_id: str) -> None:
+        """The first copy's task message did not reach the Celery broker: its followers go back too."""
+        for follower in self._in_flight.pop(dedupe_key(delivery.queue, task_id), []):
+            follower.reject(requeue=True)
+
     def ack_when_recorded(self, delivery: Delivery, task_id: str) -> None:
         """The task message is confirmed: record ``enqueued``, then ack (batched, see the module)."""
         self._pending.append((dedupe_key(delivery.queue, task_id), delivery))
@@ -94,5 +124,8 @@ class DedupeGate:
         except StoreUnavailable:
             for _, delivery in pending:
                 delivery.lane.stats.dedupe_unavailable += 1
-        for _, delivery in pending:
+        for key, delivery in pending:
             delivery.ack()
+            for follower in self._in_flight.pop(key, []):
+                count_deduplicated(follower)
+                follower.ack()

@@ -204,6 +204,9 @@ class Dispatcher:
     def _enqueue(
         self, delivery: Delivery, binding: Binding, task_message: TaskMessage, gate: DedupeGate | None
     ) -> None:
+        task_id = task_message.task_id
+        if gate is not None and not gate.begin_enqueue(delivery, task_id):
+            return
 
         def on_failed(exc: BaseException) -> None:
             logger.warning(
@@ -215,13 +218,17 @@ class Dispatcher:
                 exc,
             )
             delivery.reject(requeue=True)
+            if gate is not None:
+                gate.enqueue_failed(delivery, task_id)
             self.on_handoff_failed(exc)
 
-        if gate is None:
-            on_confirmed = delivery.ack
-        else:
-            on_confirmed = partial(gate.ack_when_recorded, delivery, task_message.task_id)
-        self.handoff.publish(task_message, self.route(binding.task_name), on_confirmed, on_failed)
+        on_confirmed = delivery.ack if gate is None else partial(gate.ack_when_recorded, delivery, task_id)
+        try:
+            self.handoff.publish(task_message, self.route(binding.task_name), on_confirmed, on_failed)
+        except BaseException:
+            if gate is not None:  # never published: nothing will settle its followers
+                gate.enqueue_failed(delivery, task_id)
+            raise
 
     def _run_here(self, delivery: Delivery, binding: Binding, task_message: TaskMessage) -> None:
         # Celery keeps its requests by task id: the same message still reserved or running

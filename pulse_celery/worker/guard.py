@@ -16,8 +16,9 @@ in the process that runs it (a prefork child, a thread, or the worker itself):
 Only task messages with the ``pulse_dedupe`` header are touched (a task called the ordinary
 Celery way runs as always). What remains: a task killed between its last effect and the
 write of its entry (microseconds) runs again; a task that died mid-run runs again; two
-copies of one message running at the same moment (possible only when an ``enqueue``
-record was lost with a killed worker) both run. When the store is down the task runs
+copies of one message running at the same moment both run (under ``enqueue``: an
+``enqueue`` record lost with a killed worker, or a publisher's repeat consumed at the same
+moment by two workers; one worker makes a copy follow the first, see dedupe_gate.py). When the store is down the task runs
 and its success is not recorded (see dedupe.py).
 """
 

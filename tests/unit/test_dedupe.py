@@ -284,3 +284,47 @@ def test_deduplicated_deliveries_are_an_outcome_of_the_messages_metric():
     [messages] = [m for m in collector.collect() if m.name == "pulse_celery_messages"]
     found = {s.labels["outcome"]: s.value for s in messages.samples if s.name.endswith("_total")}
     assert found["deduplicated"] == 3
+
+
+# -- copies of one message in flight at once (enqueue) -----------------------------------------
+
+
+@dataclass
+class RequeueableDelivery(FakeDelivery):
+    requeued: int = 0
+
+    def reject(self, requeue: bool = False) -> None:
+        assert requeue
+        self.requeued += 1
+
+
+def test_a_copy_of_a_message_being_enqueued_follows_it_and_is_acked_once_it_is_recorded():
+    # Given a first copy whose task message is on its way to the Celery broker
+    store, _ = fake_store()
+    gate = DedupeGate(store, None)
+    first, copy = RequeueableDelivery(), RequeueableDelivery()
+    assert gate.begin_enqueue(first, "t1")  # type: ignore[arg-type]
+    # When a second copy of the same message arrives (a publisher's repeat: not flagged)
+    assert not gate.begin_enqueue(copy, "t1")  # type: ignore[arg-type]
+    assert copy.acked == 0
+    # Then it is acked, as a duplicate, once the first is confirmed and recorded
+    gate.ack_when_recorded(first, "t1")  # type: ignore[arg-type]
+    assert (first.acked, copy.acked, copy.requeued) == (1, 1, 0)
+    assert copy.lane.stats.deduplicated == 1
+    # and the message is no longer in flight: a later copy is looked at afresh
+    assert gate.begin_enqueue(RequeueableDelivery(), "t1")  # type: ignore[arg-type]
+
+
+def test_a_copy_goes_back_to_the_queue_when_the_first_copys_hand_off_fails():
+    store, _ = fake_store()
+    gate = DedupeGate(store, None)
+    first, copy, other = RequeueableDelivery(), RequeueableDelivery(), RequeueableDelivery()
+    assert gate.begin_enqueue(first, "t1")  # type: ignore[arg-type]
+    assert gate.begin_enqueue(other, "t2")  # type: ignore[arg-type]
+    assert not gate.begin_enqueue(copy, "t1")  # type: ignore[arg-type]
+    gate.enqueue_failed(first, "t1")  # type: ignore[arg-type]
+    assert (copy.acked, copy.requeued) == (0, 1)
+    assert copy.lane.stats.deduplicated == 0
+    # the next copy is enqueued again; another message in flight is untouched
+    assert gate.begin_enqueue(copy, "t1")  # type: ignore[arg-type]
+    assert not gate.begin_enqueue(RequeueableDelivery(), "t2")  # type: ignore[arg-type]
