@@ -14,7 +14,9 @@ Per delivery of a binding with dedupe on (task id: the message's stable id):
   was lost and the broker delivered it again) is not enqueued a second time: it *follows*
   the first copy, acked when that one is (counted ``deduplicated``), requeued if its
   hand-off fails. Without this, both copies became task messages that two pool processes
-  ran at the same moment, before either could record its success;
+  ran at the same moment, before either could record its success. A copy of a message this
+  worker enqueued lately (its last :data:`RECENT` ones, within ``pulse_dedupe_ttl``) is acked
+  at once, from memory: a publisher's repeat that comes unflagged a little later;
 * under ``enqueue``, once the Celery broker confirms a task message its entry becomes
   ``enqueued``, then the Pulse message is acked. The entries of one batch of confirms go to
   Redis in one pipeline (after each batch the hand-off reports, or at the next turn of the
@@ -28,6 +30,8 @@ a duplicate certain; acking it makes one possible only if the ack is lost too).
 from __future__ import annotations
 
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +40,9 @@ from ..pulse.message import delivery_count
 from .dedupe import ENQUEUED, SUCCEEDED, DedupeStore, StoreUnavailable, dedupe_key
 
 logger = logging.getLogger(__name__)
+
+#: How many of the messages it enqueued last a worker remembers (about 100 bytes each).
+RECENT = 10_000
 
 
 def seen_before(delivery: Delivery) -> bool:
@@ -58,6 +65,8 @@ class DedupeGate:
         self._pending: list[tuple[str, Delivery]] = []
         #: key of each task message on its way to the Celery broker -> the copies following it
         self._in_flight: dict[str, list[Delivery]] = {}
+        #: key of each task message this worker enqueued lately -> when (time.monotonic())
+        self._recent: OrderedDict[str, float] = OrderedDict()
 
     def already_handled(self, delivery: Delivery, task_id: str, policy: str) -> bool:
         """Ack ``delivery`` and return True if its task already succeeded (or was enqueued, under enqueue)."""
@@ -85,6 +94,18 @@ class DedupeGate:
     def begin_enqueue(self, delivery: Delivery, task_id: str) -> bool:
         """Mark ``delivery``'s task message as on its way; False if a copy already is (it follows)."""
         key = dedupe_key(delivery.queue, task_id)
+        enqueued_at = self._recent.get(key)
+        if enqueued_at is not None and time.monotonic() - enqueued_at < self.store.ttl_ms / 1000:
+            logger.info(
+                "Pulse message from %s (%s), task id %s, was enqueued by this worker already; acked, "
+                "not enqueued again",
+                delivery.exchange,
+                delivery.routing_key,
+                task_id,
+            )
+            count_deduplicated(delivery)
+            delivery.ack()
+            return False
         followers = self._in_flight.get(key)
         if followers is None:
             self._in_flight[key] = []
@@ -124,8 +145,13 @@ class DedupeGate:
         except StoreUnavailable:
             for _, delivery in pending:
                 delivery.lane.stats.dedupe_unavailable += 1
+        now = time.monotonic()
         for key, delivery in pending:
+            self._recent[key] = now
+            self._recent.move_to_end(key)
             delivery.ack()
             for follower in self._in_flight.pop(key, []):
                 count_deduplicated(follower)
                 follower.ack()
+        while len(self._recent) > RECENT:
+            self._recent.popitem(last=False)

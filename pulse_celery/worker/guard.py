@@ -18,8 +18,8 @@ Celery way runs as always). What remains: a task killed between its last effect 
 write of its entry (microseconds) runs again; a task that died mid-run runs again; two
 copies of one message running at the same moment both run (under ``enqueue``: an
 ``enqueue`` record lost with a killed worker, or a publisher's repeat consumed at the same
-moment by two workers; one worker makes a copy follow the first, see dedupe_gate.py). When the store is down the task runs
-and its success is not recorded (see dedupe.py).
+moment by two workers; one worker makes a copy follow the first, see dedupe_gate.py).
+When the store is down the task runs and its success is not recorded (see dedupe.py).
 """
 
 from __future__ import annotations

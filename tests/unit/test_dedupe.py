@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -311,8 +312,10 @@ def test_a_copy_of_a_message_being_enqueued_follows_it_and_is_acked_once_it_is_r
     gate.ack_when_recorded(first, "t1")  # type: ignore[arg-type]
     assert (first.acked, copy.acked, copy.requeued) == (1, 1, 0)
     assert copy.lane.stats.deduplicated == 1
-    # and the message is no longer in flight: a later copy is looked at afresh
-    assert gate.begin_enqueue(RequeueableDelivery(), "t1")  # type: ignore[arg-type]
+    # and a later copy does not wait for anything: it is acked at once
+    later = RequeueableDelivery()
+    assert not gate.begin_enqueue(later, "t1")  # type: ignore[arg-type]
+    assert later.acked == 1
 
 
 def test_a_copy_goes_back_to_the_queue_when_the_first_copys_hand_off_fails():
@@ -328,3 +331,32 @@ def test_a_copy_goes_back_to_the_queue_when_the_first_copys_hand_off_fails():
     # the next copy is enqueued again; another message in flight is untouched
     assert gate.begin_enqueue(copy, "t1")  # type: ignore[arg-type]
     assert not gate.begin_enqueue(RequeueableDelivery(), "t2")  # type: ignore[arg-type]
+
+
+def test_a_copy_of_a_message_this_worker_enqueued_lately_is_acked_from_memory(monkeypatch):
+    # Given a message whose task message was confirmed and recorded
+    store, redis = fake_store(ttl=60.0)
+    gate, first = DedupeGate(store, None), RequeueableDelivery()
+    assert gate.begin_enqueue(first, "t1")  # type: ignore[arg-type]
+    gate.ack_when_recorded(first, "t1")  # type: ignore[arg-type]
+    # When a publisher's repeat arrives later, unflagged
+    calls, repeat = redis.calls, RequeueableDelivery()
+    assert not gate.begin_enqueue(repeat, "t1")  # type: ignore[arg-type]
+    # Then it is acked as a duplicate, without asking the store
+    assert (repeat.acked, repeat.lane.stats.deduplicated, redis.calls) == (1, 1, calls)
+    # but not once pulse_dedupe_ttl has passed
+    clock = time.monotonic() + 61
+    monkeypatch.setattr("pulse_celery.worker.dedupe_gate.time.monotonic", lambda: clock)
+    assert gate.begin_enqueue(RequeueableDelivery(), "t1")  # type: ignore[arg-type]
+
+
+def test_a_worker_remembers_only_its_last_enqueues(monkeypatch):
+    monkeypatch.setattr("pulse_celery.worker.dedupe_gate.RECENT", 3)
+    store, _ = fake_store()
+    gate = DedupeGate(store, None)
+    for i in range(5):
+        delivery = RequeueableDelivery()
+        assert gate.begin_enqueue(delivery, f"t{i}")  # type: ignore[arg-type]
+        gate.ack_when_recorded(delivery, f"t{i}")  # type: ignore[arg-type]
+    assert gate.begin_enqueue(RequeueableDelivery(), "t0")  # type: ignore[arg-type]  # forgotten
+    assert not gate.begin_enqueue(RequeueableDelivery(), "t4")  # type: ignore[arg-type]
