@@ -11,8 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from celery import Celery
 from kombu import Connection
 
+from pulse_celery import control
 from pulse_celery.testing import CeleryVhost, Worker, publish, rabbitmqctl, wait_until
 
 __all__ = [
@@ -76,10 +78,47 @@ def cli(*args: str, env: dict[str, str] | None, stdin: str | None = None) -> sub
     )
 
 
+def worker_status(celery_broker: Any) -> dict[str, Any]:
+    """The pulse_status reply of the one worker on ``celery_broker``, as an operator gets it."""
+    app = Celery("client", broker=celery_broker.url, set_as_current=False)
+    try:
+        replies = control.status(app, limit=1, timeout=10.0)
+    finally:
+        app.close()
+    assert len(replies) == 1, replies
+    return next(iter(replies.values()))
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class RecordTail:
+    """A worker's JSON-lines records, read from where the last read stopped: cheap to poll often.
+
+    A poll that re-reads and parses the whole file costs the test process CPU in proportion to
+    the records so far; on a 2-core machine that CPU is taken from the worker being measured.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._lock = threading.Lock()
+
+    def new(self) -> list[dict[str, Any]]:
+        """The complete records appended since the last call (safe from several threads)."""
+        with self._lock:
+            try:
+                with self.path.open("rb") as f:
+                    f.seek(self._offset)
+                    chunk = f.read()
+            except FileNotFoundError:
+                return []
+            end = chunk.rfind(b"\n") + 1
+            self._offset += end
+            return [json.loads(line) for line in chunk[:end].splitlines() if line.strip()]
 
 
 def user_connections_tls(user: str) -> list[bool]:

@@ -17,7 +17,7 @@ from pulse_celery.testing import publish
 from pulse_celery.worker.deadletters import list_dead_letters
 
 from .conftest import TASK_COMPLETED
-from .harness import read_records, wait_until
+from .harness import read_records, wait_until, worker_status
 from .test_acks import done_ids, faults_worker, store_app
 
 OTHER_EXCHANGE = "exchange/someone-else/v1/things"
@@ -111,8 +111,10 @@ def test_cc_route_that_is_not_utf8_is_read_with_replacement_and_does_not_stall_t
             publish(conn, TASK_COMPLETED, "primary.odd-cc.0", {"id": 1}, headers={"CC": [b"route.\xff"]})
             publish(conn, TASK_COMPLETED, "primary.next.0", {"id": 2})
         assert wait_until(lambda: set(done_ids(tmp_path)) == {1, 2}, timeout=30), worker.log()
+        # and the connection was never dropped over it
+        connection = worker_status(celery_broker)["connection"]
     finally:
         worker.stop()
     [odd] = [r for r in read_records(tmp_path / "records.jsonl") if r["id"] == 1 and r["event"] == "done"]
     assert odd["routes"] == ["route.\ufffd"]
-    assert "Pulse connection lost" not in worker.log()
+    assert (connection["connects"], connection["losses"]) == (1, 0), connection

@@ -10,14 +10,12 @@ import json
 from collections import Counter
 
 import pytest
-from celery import Celery
 from kombu import Exchange
 
-from pulse_celery import control
 from pulse_celery.testing import _rabbitmqctl, publish
 
 from .conftest import TASK_COMPLETED, TASK_FAILED
-from .harness import app_worker, read_records, wait_until
+from .harness import app_worker, read_records, wait_until, worker_status
 
 MISSING = "exchange/taskcluster-queue/v1/not-created-yet"
 OTHER = "exchange/hgpushes/v1"
@@ -40,16 +38,6 @@ def publish_to(pulse, exchange, kind, ids):
     with pulse.admin_connection() as conn:
         for i in ids:
             publish(conn, exchange, f"primary.{kind}.{i}", {"id": i})
-
-
-def pulse_status(celery_broker):
-    app = Celery("client", broker=celery_broker.url, set_as_current=False)
-    try:
-        replies = control.status(app, limit=1, timeout=10.0)
-    finally:
-        app.close()
-    assert len(replies) == 1, replies
-    return next(iter(replies.values()))
 
 
 def list_queues(vhost, *fields):
@@ -80,7 +68,7 @@ def test_a_queue_bound_to_a_missing_exchange_fails_alone_and_catches_up_once_it_
         publish_to(pulse, TASK_COMPLETED, "test", range(200))
         assert wait_until(lambda: done(tmp_path, "tests") == Counter(range(200)), timeout=60), worker.log()
         # and pulse_status names the failing queue and why, while the rest consume
-        status = pulse_status(celery_broker)
+        status = worker_status(celery_broker)
         assert status["queues"][builds]["state"] == "failing", status
         assert "NOT_FOUND" in status["queues"][builds]["last_error"], status
         assert status["queues"][tests]["state"] == "consuming", status
@@ -91,7 +79,7 @@ def test_a_queue_bound_to_a_missing_exchange_fails_alone_and_catches_up_once_it_
         with pulse.admin_connection() as conn:
             Exchange(MISSING, type="topic", durable=True).declare(channel=conn.default_channel)
         # Then "builds" is consumed within its backoff, and catches up
-        assert wait_until(lambda: pulse_status(celery_broker)["queues"][builds]["state"] == "consuming", 60)
+        assert wait_until(lambda: worker_status(celery_broker)["queues"][builds]["state"] == "consuming", 60)
         publish_to(pulse, MISSING, "build", range(100))
         assert wait_until(lambda: done(tmp_path, "builds") == Counter(range(100)), timeout=60), worker.log()
         assert done(tmp_path, "tests") == Counter(range(200))
@@ -115,7 +103,7 @@ def test_per_queue_settings_show_in_the_queue_arguments_and_the_consumer_prefetc
         prefetch = dict(line.split("\t") for line in out.splitlines())
         assert prefetch[builds] == "7" and prefetch[tests] == "200", prefetch
         # and the settings reach pulse_status too
-        status = pulse_status(celery_broker)
+        status = worker_status(celery_broker)
         assert status["queues"][builds]["prefetch"] == 7, status
     finally:
         worker.stop()

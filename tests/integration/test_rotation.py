@@ -17,7 +17,7 @@ from pulse_celery import Connected, Delivery, PulseConnection
 from pulse_celery.testing import rabbitmqctl, wait_until
 
 from .conftest import TASK_COMPLETED
-from .harness import RetryingPublisher, Worker, app_worker, read_records
+from .harness import RetryingPublisher, Worker, app_worker, read_records, worker_status
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -150,9 +150,11 @@ def test_worker_recycling_every_3_s_loses_and_repeats_nothing(
         ]
         assert wait_until(lambda: pulse.queue_counts(f"queue/{pulse.user}/rotation") == (0, 0), timeout=30)
         elapsed = time.monotonic() - started
-        recycles = worker.log().count("Pulse connection recycled")
         # and the retired connections were closed: one Pulse connection of the user is left
         assert wait_until(lambda: len(user_connections(pulse.user)) == 1, timeout=15)
+        # and pulse_status counts the recycles, and no loss: no connection was dropped
+        connection = worker_status(celery_broker)["connection"]
+        recycles = connection["recycles"]
     finally:
         worker.stop()
     lost, duplicates = worker_figures(done_ids(tmp_path), n)
@@ -162,7 +164,7 @@ def test_worker_recycling_every_3_s_loses_and_repeats_nothing(
     )
     assert (lost, duplicates) == (0, 0)
     assert recycles >= 3
-    assert "Pulse connection lost" not in worker.log()
+    assert connection["losses"] == 0, connection
 
 
 @pytest.mark.parametrize("policy", ["enqueue", "complete"])
