@@ -1,6 +1,7 @@
 """Exactly-once effects: with dedupe on, the fault scenarios that make duplicates today make none.
 
-Each scenario runs with dedupe off (the figures of today, printed) and on (0 duplicates),
+Closed connections run with dedupe off (the figures of today, printed) and on (0 duplicates);
+SIGKILL and a broker restart, which made 0 or 1 duplicates without dedupe, run with it on; each
 under both ack policies, with real faults: every connection of a RabbitMQ node closed ten
 times during 1,000 messages; the worker SIGKILLed with 200 deliveries in flight; the
 broker's application stopped and started mid-stream. The broker faults hit a node of this
@@ -126,7 +127,10 @@ def test_connections_closed_ten_times_during_a_thousand_messages_make_no_duplica
         worker.stop(timeout=120)
 
 
-@pytest.mark.parametrize("dedupe", DEDUPE, ids=["off", "on"])
+# Dedupe on only: without it these two scenarios made 0 duplicates (SIGKILL: the killed tasks had
+# not finished) and 0 or 1 (restart) in every run so far (CHANGELOG, issue 13's note); the
+# scenario that makes duplicates without dedupe, closed connections, keeps both variants.
+@pytest.mark.parametrize("dedupe", [True], ids=["on"])
 @pytest.mark.parametrize("policy", POLICIES)
 def test_sigkill_with_200_messages_in_flight_makes_no_duplicate_with_dedupe(
     pulse, celery_broker, redis_url, tmp_path, policy, dedupe
@@ -155,7 +159,7 @@ def test_sigkill_with_200_messages_in_flight_makes_no_duplicate_with_dedupe(
         worker.stop(timeout=120)
 
 
-@pytest.mark.parametrize("dedupe", DEDUPE, ids=["off", "on"])
+@pytest.mark.parametrize("dedupe", [True], ids=["on"])
 @pytest.mark.parametrize("policy", POLICIES)
 def test_broker_restart_mid_stream_makes_no_duplicate_with_dedupe(
     on_node, node, redis_url, tmp_path, policy, dedupe
