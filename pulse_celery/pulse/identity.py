@@ -26,24 +26,29 @@ not be handled with dedupe on.
 from __future__ import annotations
 
 import hashlib
-import uuid
 from struct import pack
 
 #: The derivation's name; a change of derivation gets a new name, so old and new ids never meet.
 DERIVATION = b"pulse-celery/message-id/v1"
 
 
-def _part(data: bytes) -> bytes:
-    return pack(">Q", len(data)) + data
+#: SHA-256 with the derivation's name already in: each id starts from a copy of it.
+_START = hashlib.sha256(pack(">Q", len(DERIVATION)) + DERIVATION)
 
 
 def message_id(exchange: str, routing_key: str, body: bytes, scope: str = "") -> str:
     """Return the message's stable id: a version-8 UUID string derived as the module says."""
-    digest = hashlib.sha256(_part(DERIVATION))
+    digest = _START.copy()
     for text in (scope, exchange, routing_key):
-        digest.update(_part(text.encode("utf-8")))
-    digest.update(_part(bytes(body)))
+        data = text.encode("utf-8")
+        digest.update(pack(">Q", len(data)))
+        digest.update(data)
+    # Fed as it is (bytes, bytearray or memoryview): hashing reads it without a copy.
+    digest.update(pack(">Q", len(body)))
+    digest.update(body)
     raw = bytearray(digest.digest()[:16])
     raw[6] = (raw[6] & 0x0F) | 0x80  # version 8
     raw[8] = (raw[8] & 0x3F) | 0x80  # variant 10 (RFC 9562)
-    return str(uuid.UUID(bytes=bytes(raw)))
+    h = raw.hex()
+    # str(uuid.UUID(bytes=raw)), without building the UUID object (a third of the cost)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
