@@ -72,8 +72,11 @@ class DedupeGate:
         """Ack ``delivery`` and return True if its task already succeeded (or was enqueued, under enqueue)."""
         if not seen_before(delivery):
             return False
+        key = dedupe_key(delivery.queue, task_id)
+        if policy == "enqueue" and self._recently_enqueued(key):
+            return False  # begin_enqueue acks it from memory: no Redis round trip
         try:
-            state = self.store.state(dedupe_key(delivery.queue, task_id))
+            state = self.store.state(key)
         except StoreUnavailable:
             delivery.lane.stats.dedupe_unavailable += 1
             return False
@@ -94,8 +97,7 @@ class DedupeGate:
     def begin_enqueue(self, delivery: Delivery, task_id: str) -> bool:
         """Mark ``delivery``'s task message as on its way; False if a copy already is (it follows)."""
         key = dedupe_key(delivery.queue, task_id)
-        enqueued_at = self._recent.get(key)
-        if enqueued_at is not None and time.monotonic() - enqueued_at < self.store.ttl_ms / 1000:
+        if self._recently_enqueued(key):
             logger.info(
                 "Pulse message from %s (%s), task id %s, was enqueued by this worker already; acked, "
                 "not enqueued again",
@@ -119,6 +121,10 @@ class DedupeGate:
             task_id,
         )
         return False
+
+    def _recently_enqueued(self, key: str) -> bool:
+        enqueued_at = self._recent.get(key)
+        return enqueued_at is not None and time.monotonic() - enqueued_at < self.store.ttl_ms / 1000
 
     def enqueue_failed(self, delivery: Delivery, task_id: str) -> None:
         """The first copy's task message did not reach the Celery broker: its followers go back too."""

@@ -360,3 +360,14 @@ def test_a_worker_remembers_only_its_last_enqueues(monkeypatch):
         gate.ack_when_recorded(delivery, f"t{i}")  # type: ignore[arg-type]
     assert gate.begin_enqueue(RequeueableDelivery(), "t0")  # type: ignore[arg-type]  # forgotten
     assert not gate.begin_enqueue(RequeueableDelivery(), "t4")  # type: ignore[arg-type]
+
+
+def test_a_flagged_redelivery_this_worker_enqueued_lately_is_not_looked_up_in_the_store():
+    store, redis = fake_store()
+    gate, first = DedupeGate(store, None), RequeueableDelivery()
+    assert gate.begin_enqueue(first, "t1")  # type: ignore[arg-type]
+    gate.ack_when_recorded(first, "t1")  # type: ignore[arg-type]
+    calls, again = redis.calls, RequeueableDelivery(redelivered=True)
+    assert not gate.already_handled(again, "t1", "enqueue")  # type: ignore[arg-type]
+    assert not gate.begin_enqueue(again, "t1")  # type: ignore[arg-type]
+    assert (again.acked, again.lane.stats.deduplicated, redis.calls) == (1, 1, calls)
