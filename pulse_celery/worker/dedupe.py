@@ -4,7 +4,9 @@ A Redis database (``pulse_dedupe_url``, redis-py: ``pip install 'pulse-celery[de
 One key per message and queue, ``pulse_celery:dedupe:<queue>:<task id>`` (the task id is the
 message's stable id, :func:`~pulse_celery.pulse.identity.message_id`), holding ``enqueued``
 or ``succeeded``, expiring after ``pulse_dedupe_ttl`` seconds. ``succeeded`` overwrites
-``enqueued``; ``enqueued`` never overwrites anything (``SET NX``).
+``enqueued``; ``enqueued`` never overwrites anything (``SET NX``). While a copy of the
+message runs, ``<key>:running`` holds that run's lease (lease.py), so that a second copy
+waits for it instead of running at the same moment.
 
 Without ``pulse_dedupe_url`` the Celery result backend serves when it is Redis
 (``redis://``, ``rediss://``): the keys are namespaced, and the backend's own keys
@@ -39,6 +41,12 @@ PREFIX = "pulse_celery:dedupe:"
 #: Task-message header set on the messages of bindings with dedupe on (read in the pool).
 DEDUPE_HEADER = "pulse_dedupe"
 
+# A lease is released or renewed only by the run that holds it (its token): a run whose lease
+# expired must not delete or extend the lease a copy took since.
+_IF_HELD = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call({}) end return 0"
+RELEASE_LEASE = _IF_HELD.format("'del', KEYS[1]")
+RENEW_LEASE = _IF_HELD.format("'pexpire', KEYS[1], ARGV[2]")
+
 
 class StoreUnavailable(Exception):
     """The dedupe store could not be asked (down, timed out, or resting after a failure)."""
@@ -47,6 +55,15 @@ class StoreUnavailable(Exception):
 def dedupe_key(queue: str, task_id: str) -> str:
     """The store's key of one message (``task_id``) consumed from ``queue``."""
     return f"{PREFIX}{queue}:{task_id}"
+
+
+def lease_key(key: str) -> str:
+    """The key of the running lease of the message whose entry is ``key``."""
+    return f"{key}:running"
+
+
+def _text(value: Any) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def store_url(dedupe_url: str | None, result_backend: Any) -> str:
@@ -135,8 +152,49 @@ class DedupeStore:
 
     def state(self, key: str) -> str | None:
         """``enqueued``, ``succeeded``, or None when the store has no entry for ``key``."""
-        value = self._call("read", lambda r: r.get(key))
-        return value.decode() if isinstance(value, bytes) else value
+        return _text(self._call("read", lambda r: r.get(key)))
+
+    def claim(self, key: str, token: str, lease_ms: int) -> tuple[bool, str | None]:
+        """Take ``key``'s running lease for ``token`` if it is free; and ``key``'s state, read after.
+
+        One round trip. The state is read after the lease is taken: a run that released the
+        lease had written ``succeeded`` before, so a copy that takes it then sees the success.
+        """
+
+        def claim(r: Any) -> Any:
+            pipe = r.pipeline(transaction=False)
+            pipe.set(lease_key(key), token, px=lease_ms, nx=True)
+            pipe.get(key)
+            return pipe.execute()
+
+        taken, state = self._call("claim", claim)
+        return bool(taken), _text(state)
+
+    def finish(self, key: str, token: str | None, succeeded: bool) -> None:
+        """Record ``succeeded`` (if it did), then release ``token``'s lease; one round trip."""
+
+        def finish(r: Any) -> Any:
+            pipe = r.pipeline(transaction=False)
+            if succeeded:
+                pipe.set(key, SUCCEEDED, px=self.ttl_ms)
+            if token is not None:
+                pipe.eval(RELEASE_LEASE, 1, lease_key(key), token)
+            return pipe.execute()
+
+        if succeeded or token is not None:
+            self._call("finish", finish)
+
+    def renew(self, leases: dict[str, str], lease_ms: int) -> list[str]:
+        """Extend each lease (key -> token) to ``lease_ms``; return the keys whose lease is gone."""
+
+        def renew(r: Any) -> Any:
+            pipe = r.pipeline(transaction=False)
+            for key, token in leases.items():
+                pipe.eval(RENEW_LEASE, 1, lease_key(key), token, lease_ms)
+            return pipe.execute()
+
+        results = self._call("renew", renew) if leases else []
+        return [key for key, renewed in zip(leases, results, strict=True) if not renewed]
 
     def record(self, keys: Iterable[str], state: str) -> None:
         """Record ``state`` for every key in one round trip (``enqueued`` only where none is)."""

@@ -1,11 +1,6 @@
-"""Exactly-once effects: with dedupe on, no copy of a message runs after a run of it succeeded.
+"""Exactly-once effects: with dedupe on, each message runs once, through real faults.
 
-Two copies running at the same moment are dedupe's stated limit and are printed apart: the
-Celery broker's connection lost between a task message's publish and its confirm makes the
-hand-off publish it again, and two pool processes can take both copies together (1 in 1,000
-messages in two of four runs with connections closed ten times).
-
-Closed connections run with dedupe off (the figures of today, printed) and on (no copy after a success);
+Closed connections run with dedupe off (the figures of today, printed) and on (0 duplicates);
 SIGKILL and a broker restart, which made 0 or 1 duplicates without dedupe, run with it on; each
 under both ack policies, with real faults: every connection of a RabbitMQ node closed ten
 times during 1,000 messages; the worker SIGKILLed with 200 deliveries in flight; the
@@ -13,25 +8,34 @@ broker's application stopped and started mid-stream. The broker faults hit a nod
 module's own (``pulse-dd1@localhost`` on 127.0.0.1:5701), never the main node; the SIGKILL
 scenario hits only the worker, on the main node. The dedupe store is the local Redis.
 
-``pytest -s`` shows a line per run: scenario, policy, dedupe, messages, duplicates, seconds,
-and the publisher's retries (a retry after a lost confirm publishes the same message again:
-a duplicate that dedupe catches too).
+``pytest -s`` shows a line per run: scenario, policy, dedupe, messages, duplicates (and how many
+of them ran at the same moment as another copy, which the running lease prevents: under
+``enqueue`` the Celery broker's connection lost between a task message's publish and its
+confirm makes the hand-off send it again), seconds, and the publisher's retries (a retry
+after a lost confirm publishes the same message again: a duplicate that dedupe catches too).
+
+Two copies of one task message taken at the same moment, by two pool processes of one worker
+or by two workers, run once: the same without a fault, deterministically.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pulse_celery.testing import CeleryVhost, PulseLikeBroker, RabbitNode, port_open
+from pulse_celery.pulse.message import PulseMessage
+from pulse_celery.request import HEADER
+from pulse_celery.testing import CeleryVhost, PulseLikeBroker, RabbitNode, port_open, queue_counts
+from pulse_celery.worker.dedupe import DEDUPE_HEADER
 
 from .conftest import TASK_COMPLETED
 from .harness import RetryingPublisher, Worker, read_records, wait_until
-from .test_acks import done_ids, faults_worker, publish_ids
+from .test_acks import done_ids, faults_worker, publish_ids, store_app
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -69,13 +73,7 @@ def on_node(node: RabbitNode) -> Iterator[tuple[PulseLikeBroker, CeleryVhost]]:
 
 
 def sequential_repeats(tmp_path: Path) -> int:
-    """Runs of a message that started after an earlier run of it had finished.
-
-    What dedupe promises: once a run succeeded, no copy runs again. Two copies that run at
-    the same moment in two pool processes are its stated limit (the Celery broker's
-    connection lost between a task message's publish and its confirm: the hand-off publishes
-    it again, and the two task messages are consumed together).
-    """
+    """Runs of a message that started after an earlier run of it had finished."""
     finished: set[int] = set()
     repeats = 0
     for r in read_records(tmp_path / "records.jsonl"):
@@ -89,7 +87,7 @@ def sequential_repeats(tmp_path: Path) -> int:
 def report(
     scenario: str, policy: str, dedupe: bool, n: int, tmp_path: Path, started: float, retries: int = 0
 ) -> int:
-    """Print the run's figures; return its sequential repeats with dedupe, its duplicates without."""
+    """Print the run's figures; return its duplicates."""
     counts = done_ids(tmp_path)
     duplicates = sum(count - 1 for count in counts.values())
     sequential = sequential_repeats(tmp_path)
@@ -98,7 +96,7 @@ def report(
         f"messages={n} handled={len(counts)} duplicates={duplicates} (of which at the same moment: "
         f"{duplicates - sequential}) seconds={time.time() - started:.1f} publisher_retries={retries}"
     )
-    return sequential if dedupe else duplicates
+    return duplicates
 
 
 def wait_all_handled(pulse: PulseLikeBroker, worker: Worker, tmp_path: Path, n: int) -> None:
@@ -145,7 +143,7 @@ def test_connections_closed_ten_times_during_a_thousand_messages_make_no_duplica
         wait_all_handled(pulse, worker, tmp_path, n)
         figure = report("connections-closed-x10", policy, dedupe, n, tmp_path, started, publisher.retries)
         if dedupe:
-            assert figure == 0, worker.log()[-4000:]  # no copy ran after a run had succeeded
+            assert figure == 0, worker.log()[-4000:]
         else:
             assert figure <= 10 * 200
     finally:
@@ -179,7 +177,7 @@ def test_sigkill_with_200_messages_in_flight_makes_no_duplicate_with_dedupe(
         wait_all_handled(pulse, worker, tmp_path, n)
         figure = report("sigkill-200-in-flight", policy, dedupe, n, tmp_path, started)
         if dedupe:
-            assert figure == 0, worker.log()[-4000:]  # no copy ran after a run had succeeded
+            assert figure == 0, worker.log()[-4000:]
     finally:
         worker.stop(timeout=120)
 
@@ -208,7 +206,68 @@ def test_broker_restart_mid_stream_makes_no_duplicate_with_dedupe(
         wait_all_handled(pulse, worker, tmp_path, n)
         figure = report("broker-restart", policy, dedupe, n, tmp_path, started, publisher.retries)
         if dedupe:
-            assert figure == 0, worker.log()[-4000:]  # no copy ran after a run had succeeded
+            assert figure == 0, worker.log()[-4000:]
         assert "Unrecoverable error" not in worker.log()
     finally:
         worker.stop(timeout=120)
+
+
+def send_copies(pulse: PulseLikeBroker, celery_broker: CeleryVhost, ids: range, copies: int = 2) -> None:
+    """Each id's task message ``copies`` times in a row on the Celery broker, as the hand-off sends it."""
+    client = store_app(celery_broker)
+    with client.connection_for_write() as conn:
+        for i in ids:
+            meta = PulseMessage(TASK_COMPLETED, f"primary.task{i}.0", (), False, f"queue/{pulse.user}/faults")
+            for _ in range(copies):
+                client.send_task(
+                    "faults_app.handle",
+                    args=({"id": i},),
+                    task_id=f"copies-{i}",
+                    headers={HEADER: meta.as_header(), DEDUPE_HEADER: True},
+                    connection=conn,
+                )
+
+
+def starts(tmp_path: Path) -> Counter[int]:
+    return Counter(r["id"] for r in read_records(tmp_path / "records.jsonl") if r["event"] == "start")
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["two-pool-processes", "two-workers"])
+def test_two_copies_of_a_task_message_taken_at_the_same_moment_run_once(
+    pulse, celery_broker, redis_url, tmp_path, workers
+):
+    """What closed connections make under ``enqueue`` (a confirm lost, the task message sent again)."""
+    n, seconds = 4, 1.5
+    # Given two pool processes (one worker of 2, or two workers of 1) and a dedupe store
+    pool = [
+        faults_worker(
+            pulse,
+            celery_broker,
+            tmp_path / f"w{w}",
+            concurrency=2 // workers,
+            **env("enqueue", True, redis_url, TASK_SECONDS=seconds, RECORD=tmp_path / "records.jsonl"),
+        )
+        for w in range(workers)
+    ]
+    for w, worker in enumerate(pool):
+        (tmp_path / f"w{w}").mkdir()
+        worker.start()
+    started = time.time()
+    try:
+        # When each message's task message is on the Celery broker twice, one copy after the other
+        send_copies(pulse, celery_broker, range(n))
+        # Then both copies are consumed, and each message runs once
+        assert wait_until(lambda: len(done_ids(tmp_path)) >= n, timeout=60), [w.log()[-3000:] for w in pool]
+        assert wait_until(lambda: queue_counts(celery_broker.name, "celery") == (0, 0), timeout=60)
+        time.sleep(seconds + 0.5)  # a second run would have finished by now
+        duplicates = sum(c - 1 for c in starts(tmp_path).values())
+        print(
+            f"\nDEDUPE-FIGURES copies-at-once: workers={workers} messages={n} copies=2 "
+            f"runs={sum(starts(tmp_path).values())} dups={duplicates} seconds={time.time() - started:.1f}"
+        )
+        assert starts(tmp_path) == Counter({i: 1 for i in range(n)}), [w.log()[-3000:] for w in pool]
+        assert done_ids(tmp_path) == Counter({i: 1 for i in range(n)})
+        assert sum(w.log().count("this copy waits") for w in pool) >= 1  # they met: the lease held one back
+    finally:
+        for worker in pool:
+            worker.stop(timeout=60)

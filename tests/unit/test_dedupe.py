@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from redis_fake import fake_store
 
 from pulse_celery import pulse_binding
 from pulse_celery.errors import ConfigError
@@ -27,45 +28,6 @@ from pulse_celery.worker.dedupe import (
 )
 from pulse_celery.worker.dedupe_gate import DedupeGate
 from pulse_celery.worker.guard import install_guard
-
-
-class FakeRedis:
-    """The few redis-py calls the store makes, in a dict; ``down`` makes each raise."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, tuple[str, int]] = {}
-        self.down = False
-        self.calls = 0
-
-    def _check(self) -> None:
-        self.calls += 1
-        if self.down:
-            raise ConnectionError("Connection refused")
-
-    def get(self, key: str) -> bytes | None:
-        self._check()
-        entry = self.data.get(key)
-        return entry[0].encode() if entry else None
-
-    def pipeline(self, transaction: bool = True) -> FakeRedis:
-        self._ops: list[tuple[str, str, int, bool]] = []
-        return self
-
-    def set(self, key: str, value: str, px: int, nx: bool = False) -> None:
-        self._ops.append((key, value, px, nx))
-
-    def execute(self) -> list[Any]:
-        self._check()
-        for key, value, px, nx in self._ops:
-            if not (nx and key in self.data):
-                self.data[key] = (value, px)
-        return [True] * len(self._ops)
-
-
-def fake_store(ttl: float = 60.0) -> tuple[DedupeStore, FakeRedis]:
-    redis = FakeRedis()
-    return DedupeStore("redis://fake", ttl, client=redis), redis
-
 
 # -- the store ------------------------------------------------------------------------------
 
