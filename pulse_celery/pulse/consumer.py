@@ -130,27 +130,6 @@ class QueueConsumer:
             self.lane.declared = True
         self.activate()
 
-    def handover(self, spec: QueueSpec | None, channel: Any) -> Lane | None:
-        """Move to the engine's new session (a recycle); return the old lane, still open.
-
-        The new lane consumes first, then the old consumer is cancelled: the queue is never
-        without a consumer, and each delivery of the old lane still settles on its channel.
-        ``spec`` is what the new connection declared (None: nothing was; an anonymous queue
-        then gets a fresh name, declared when it consumes again).
-        """
-        old, self.lane = self.lane, None
-        if spec is not None:
-            self.adopt(spec)
-        elif self.spec.anonymous:
-            self.renew()
-        self.connected(channel)
-        if old is None or not old.alive:
-            return None
-        if old.consumer_tag is not None:
-            tag, old.consumer_tag = old.consumer_tag, None
-            old.guard(old.channel.basic_cancel, tag)
-        return old
-
     def disconnected(self) -> None:
         """The connection is gone: so is the lane, and its deliveries go back to the queue."""
         self.recovery.cancel()

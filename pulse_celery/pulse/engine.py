@@ -25,11 +25,12 @@ from kombu.asynchronous import Hub
 from .. import _compat
 from .config import PulseConfig
 from .consumer import QueueConsumer
+from .consumers import Consumers
 from .credentials import current as current_credentials
 from .delivery import Delivery
 from .depth import DepthMonitor
 from .diagnose import describe_error
-from .events import Connected, ConnectedQueue
+from .events import Connected
 from .link import Link, Opener, Up
 from .loop import Timers, guarded
 from .recycle import Recycler
@@ -106,7 +107,7 @@ class Engine:
         self._on_connected = on_connected
         self.link = Link(hub, "Pulse", self._prepare, self._on_up, self._on_down)
         self.timers = Timers(hub)
-        self.consumers: dict[str, QueueConsumer] = {}
+        self.consumers = Consumers()
         self.stats = ConnectionStats()
         #: the state shown while held (no consumer active), or None
         self.held: str | None = None
@@ -132,10 +133,7 @@ class Engine:
     ) -> QueueConsumer:
         """Consume ``spec``'s queue from now on (declared at once if the connection is up)."""
         consumer = QueueConsumer(self, key, spec, on_message, prefetch, label=label, auto_ack=auto_ack)
-        old = self.consumers.get(key)
-        if old is not None:
-            old.close()
-        self.consumers[key] = consumer
+        self.consumers.put(consumer)
         if self.up:
             consumer.renew()
             consumer.activate()
@@ -151,7 +149,7 @@ class Engine:
 
     def in_flight(self) -> int:
         """Unsettled deliveries, on the live connection and on those being retired (a recycle)."""
-        return sum(c.in_flight for c in self.consumers.values()) + self.recycler.in_flight()
+        return self.consumers.in_flight() + self.recycler.in_flight()
 
     def wires(self) -> list[LoopConnection | None]:
         """The live connection's driver, then those of connections being retired (a recycle)."""
@@ -194,13 +192,8 @@ class Engine:
                     self.session.close_channel(channel)
                 channel = None
             guarded(consumer.connected, f"starting Pulse queue {consumer.name}")(channel)
-        logger.info(
-            "Connected to Pulse at %s%s; queues: %s",
-            self.config.safe_url(self.host),
-            again,
-            ", ".join(c.describe() for c in self.consumers.values() if c.wants not in ("closed", "deleted"))
-            or "none",
-        )
+        url, queues = self.config.safe_url(self.host), self.consumers.describe()
+        logger.info("Connected to Pulse at %s%s; queues: %s", url, again, queues)
         self.depth.start()
         self.recycler.schedule()
         self.connected(up)
@@ -210,11 +203,7 @@ class Engine:
         if self._on_connected is not None:
             event = Connected(
                 source=self.source,
-                queues=tuple(
-                    ConnectedQueue(c.name, c.spec.anonymous)
-                    for c in self.consumers.values()
-                    if c.wants not in ("closed", "deleted")
-                ),
+                queues=self.consumers.connected_queues(),
                 first=self.stats.connects == 1 and not recycled,
                 recycled=recycled,
                 down_for=up.down_for,
@@ -228,22 +217,11 @@ class Engine:
         self.recycler.cancel()
         if was_up:
             self.stats.losses += 1
-            in_flight = sum(c.in_flight for c in self.consumers.values())  # the retired connections' stay
+            in_flight = self.consumers.in_flight()  # the retired connections' stay
             self._disconnect()
-            logger.warning(
-                "Pulse connection lost (%s); %d unacknowledged messages will be redelivered by the "
-                "broker; reconnecting in %.1f s",
-                why,
-                in_flight,
-                delay,
-            )
+            _log_lost(why, in_flight, delay)
         else:
-            logger.error(
-                "Cannot connect to Pulse at %s: %s; nothing is consumed until it works; retrying in %.1f s",
-                self.config.safe_url(self.host),
-                why,
-                delay,
-            )
+            _log_refused(self.config.safe_url(self.host), why, delay)
         self.changed()
 
     def _disconnect(self) -> None:
@@ -251,14 +229,13 @@ class Engine:
         if self.session is not None:
             self.session.end()
             self.session = None
-        for consumer in self.consumers.values():
-            consumer.disconnected()
+        self.consumers.disconnected()
 
     def on_channel_error(self, channel_id: int, exc: BaseException) -> None:
-        for consumer in self.consumers.values():
-            if consumer.lane is not None and consumer.lane.channel_id == channel_id:
-                consumer.recovery.channel_closed(exc)
-                return
+        consumer = self.consumers.on_channel(channel_id)
+        if consumer is not None:
+            consumer.recovery.channel_closed(exc)
+            return
         logger.warning(
             "Pulse channel %s closed by the broker (%s)", channel_id, describe_error(exc, self.config)
         )
@@ -285,14 +262,12 @@ class Engine:
     def hold(self, state: str) -> None:
         """Stop every queue's deliveries (in-flight ones still settle) and show ``state`` meanwhile."""
         self.held = state
-        for consumer in self.consumers.values():
-            consumer.deactivate()
+        self.consumers.deactivate()
         self.changed()
 
     def release(self) -> None:
         self.held = None
-        for consumer in list(self.consumers.values()):
-            guarded(consumer.activate, f"resuming Pulse queue {consumer.name}")()
+        self.consumers.activate()
         self.changed()
 
     def drain(self) -> None:
@@ -304,10 +279,7 @@ class Engine:
         self.depth.stop()
         self.recycler.drain()
         self.link.timers.cancel_all()  # no reconnect during a warm shutdown
-        for consumer in self.consumers.values():
-            consumer.deactivate()
-            if consumer.lane is not None:
-                consumer.lane.unbatch()
+        self.consumers.deactivate(unbatch=True)
         up = self.link.up
         if up is not None and up.wire is not None:
             up.wire.stop_reading()
@@ -319,9 +291,7 @@ class Engine:
         in_flight = self.in_flight()
         up = self.link.stop()
         self.depth.stop()
-        for consumer in self.consumers.values():
-            if consumer.lane is not None:
-                consumer.lane.acker.flush()  # acks already decided on must not be redelivered
+        self.consumers.flush_acks()
         self._disconnect()
         self.recycler.close()
         if up is not None:
@@ -345,24 +315,38 @@ class Engine:
             return link  # connecting, lost
         if self.held:
             return self.held
-        return "consuming" if any(c.consuming for c in self.consumers.values()) else "connected"
+        return "consuming" if self.consumers.consuming() else "connected"
 
     def status(self) -> dict[str, Any]:
         """The connection's figures, then each queue's (what ``pulse_status`` replies).
 
         It only reads: the Prometheus exporter calls it from its own thread.
         """
-        queues = {}
-        for consumer in list(self.consumers.values()):
-            queues[consumer.name] = consumer.stats.snapshot(
-                state=consumer.state(), prefetch=consumer.prefetch, in_flight=consumer.in_flight
-            )
         return {
             "connection": {**self.stats.snapshot(), "url": self.config.safe_url()},
-            "queues": queues,
+            "queues": self.consumers.snapshot(),
         }
 
     def changed(self, queues: bool = False) -> None:
         """Record the state; tell the owner when it (or, with ``queues``, a queue's) changed."""
         if (self.stats.enter(self.state()) or queues) and self._on_changed is not None:
             self._on_changed()
+
+
+def _log_lost(why: str, in_flight: int, delay: float) -> None:
+    logger.warning(
+        "Pulse connection lost (%s); %d unacknowledged messages will be redelivered by the broker; "
+        "reconnecting in %.1f s",
+        why,
+        in_flight,
+        delay,
+    )
+
+
+def _log_refused(url: str, why: str, delay: float) -> None:
+    logger.error(
+        "Cannot connect to Pulse at %s: %s; nothing is consumed until it works; retrying in %.1f s",
+        url,
+        why,
+        delay,
+    )

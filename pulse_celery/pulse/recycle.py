@@ -28,6 +28,7 @@ from kombu.asynchronous import Hub
 
 from .config import PulseConfig
 from .consumer import QueueConsumer
+from .consumers import Consumers
 from .diagnose import describe_error
 from .lane import Lane
 from .link import Link, Up
@@ -135,7 +136,7 @@ class Engine(Protocol):
     draining: bool
     isolate: bool
     link: Link
-    consumers: dict[str, QueueConsumer]
+    consumers: Consumers
     stats: ConnectionStats
     session: Session | None
     ticks: set[Callable[[], Any]] | None
@@ -229,7 +230,7 @@ class Recycler:
                 spec, channel = None, None
             previous = consumer.lane
             try:
-                lane = consumer.handover(spec, channel)
+                lane = hand_over(consumer, spec, channel)
             except Exception:
                 logger.exception("Error moving Pulse queue %s to the new connection", consumer.name)
                 lane = previous if previous is not None and previous is not consumer.lane else None
@@ -260,3 +261,25 @@ class Recycler:
         for retirement in retirements:
             if not retirement.done:
                 retirement.close()
+
+
+def hand_over(consumer: QueueConsumer, spec: QueueSpec | None, channel: Any) -> Lane | None:
+    """Move ``consumer`` to the engine's new session (a recycle); return the old lane, still open.
+
+    The new lane consumes first, then the old consumer is cancelled: the queue is never
+    without a consumer, and each delivery of the old lane still settles on its channel.
+    ``spec`` is what the new connection declared (None: nothing was; an anonymous queue
+    then gets a fresh name, declared when it consumes again).
+    """
+    old, consumer.lane = consumer.lane, None
+    if spec is not None:
+        consumer.adopt(spec)
+    elif consumer.spec.anonymous:
+        consumer.renew()
+    consumer.connected(channel)
+    if old is None or not old.alive:
+        return None
+    if old.consumer_tag is not None:
+        tag, old.consumer_tag = old.consumer_tag, None
+        old.guard(old.channel.basic_cancel, tag)
+    return old
