@@ -30,7 +30,7 @@ import pytest
 
 from pulse_celery.pulse.message import PulseMessage
 from pulse_celery.request import HEADER
-from pulse_celery.testing import CeleryVhost, PulseLikeBroker, RabbitNode, port_open, queue_counts
+from pulse_celery.testing import CeleryVhost, PulseLikeBroker, RabbitNode, port_open, publish, queue_counts
 from pulse_celery.worker.dedupe import DEDUPE_HEADER
 
 from .conftest import TASK_COMPLETED
@@ -271,3 +271,28 @@ def test_two_copies_of_a_task_message_taken_at_the_same_moment_run_once(
     finally:
         for worker in pool:
             worker.stop(timeout=60)
+
+
+def test_a_deduped_task_whose_process_died_mid_run_runs_again_once_its_lease_expired(
+    pulse, celery_broker, redis_url, tmp_path
+):
+    """The stated limit: a dead run holds its lease until it expires (Leases.seconds); then a copy runs."""
+    worker = faults_worker(pulse, celery_broker, tmp_path, **env("complete", True, redis_url)).start()
+    try:
+        # When the pool process running a message dies mid-run (its lease neither released nor renewed)
+        publish_ids_with(pulse, {"id": 5, "crash_first": True})
+        # Then the message is redelivered, waits for the lease, and runs once it has expired
+        assert wait_until(lambda: done_ids(tmp_path)[5] == 1, timeout=60), worker.log()[-3000:]
+        runs = [r for r in read_records(tmp_path / "records.jsonl") if r["id"] == 5 and r["event"] == "start"]
+        waited = runs[1]["at"] - runs[0]["at"]
+        print(f"\nDEDUPE-FIGURES died-mid-run: runs={len(runs)} second run after {waited:.1f} s (lease 10 s)")
+        assert len(runs) == 2 and runs[1]["redelivered"]
+        assert 5 <= waited <= 20, waited  # held back by the dead run's lease, released by its expiry
+        assert worker.log().count("this copy waits") == 1
+    finally:
+        worker.stop(timeout=60)
+
+
+def publish_ids_with(pulse: PulseLikeBroker, payload: dict[str, object]) -> None:
+    with pulse.admin_connection() as conn:
+        publish(conn, TASK_COMPLETED, f"primary.task{payload['id']}.0", payload)

@@ -2,6 +2,8 @@
 
 RECORD: JSON-lines file; the task appends {"event": "start"|"done", "id": ..., ...}.
 TASK_SECONDS: how long each task sleeps between start and done.
+A payload with "crash" kills the pool process running it, every time; "crash_first" only on
+the message's first delivery.
 ACK_POLICY: the binding's ack policy. ANONYMOUS=1: bind through an anonymous queue.
 DEDUPE=1: the binding dedupes (store: PULSE_DEDUPE_URL).
 """
@@ -39,6 +41,7 @@ def record(event, payload, **extra):
         "redelivered": meta.redelivered if meta else None,
         "routes": list(meta.routes) if meta else None,
         "pid": os.getpid(),
+        "at": time.time(),
         **extra,
     }
     with open(RECORD, "a") as f:
@@ -52,7 +55,7 @@ DEDUPE = True if os.environ.get("DEDUPE") else None
 @app.task(acks_late=True, reject_on_worker_lost=True)
 def handle(payload):
     record("start", payload)
-    if payload.get("crash"):
+    if payload.get("crash") or (payload.get("crash_first") and not pulse_message().redelivered):
         os._exit(1)  # the pool process dies mid-task, as with a segfault or the OOM killer
     time.sleep(SECONDS)
     record("done", payload)
