@@ -13,8 +13,8 @@ Per delivery of a binding with dedupe on (task id: the message's stable id):
   Celery broker from this worker (a publisher that sent it twice; or the first copy's channel
   was lost and the broker delivered it again) is not enqueued a second time: it *follows*
   the first copy, acked when that one is (counted ``deduplicated``), requeued if its
-  hand-off fails. Without this, both copies became task messages that two pool processes
-  ran at the same moment, before either could record its success. A copy of a message this
+  hand-off fails. Without this, both copies became task messages, and the second would
+  wait in a pool slot for the first's running lease (lease.py). A copy of a message this
   worker enqueued lately (its last :data:`RECENT` ones, within ``pulse_dedupe_ttl``) is acked
   at once, from memory: a publisher's repeat that comes unflagged a little later;
 * under ``enqueue``, once the Celery broker confirms a task message its entry becomes
