@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,12 +24,10 @@ from kombu.asynchronous import Hub
 from .. import _compat
 from ..errors import HandoffFailed
 from ..pulse.link import Link, Up
+from .confirms import Confirms, OnConfirmed, OnFailed
 from .taskmessage import TaskMessage, amqp_message
 
 logger = logging.getLogger(__name__)
-
-OnConfirmed = Callable[[], None]
-OnFailed = Callable[[BaseException], None]
 
 
 @dataclass(frozen=True)
@@ -107,15 +104,12 @@ class Handoff:
         self._channel: Any = None
         #: the channel's confirm callbacks, or None: publish and wait for each confirm
         self._events: Any = None
-        self._seq = 0
-        #: publish sequence number -> (task id, on_confirmed, on_failed)
-        #: in publish order, so that a multiple confirm settles a prefix of it
-        self._unconfirmed: OrderedDict[int, tuple[str, OnConfirmed, OnFailed]] = OrderedDict()
-        self._returned: set[str] = set()
+        #: the task messages published and not confirmed yet
+        self.confirms = Confirms()
+        #: called after each batch of confirms has been reported (dedupe writes its entries then)
+        self.after_confirms = self.confirms.after
         self._declared: set[str] = set()
         self._attempts = itertools.count()  # each starts at the next host of a failover broker_url
-        #: called after each batch of confirms has been reported (dedupe writes its entries then)
-        self.after_confirms: set[Callable[[], None]] = set()
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -125,7 +119,7 @@ class Handoff:
 
     @property
     def in_flight(self) -> int:
-        return len(self._unconfirmed)
+        return len(self.confirms)
 
     def start(self) -> None:
         """Connect to the Celery broker (in the background when there is an event loop)."""
@@ -148,7 +142,7 @@ class Handoff:
 
     def _on_up(self, up: Up) -> None:
         self._declared.clear()
-        self._returned.clear()
+        self.confirms.new_channel()
         self.link.healthy()
         channel = up.extra
         if channel is not None:
@@ -158,7 +152,6 @@ class Handoff:
                 self._events["basic_ack"].add(self._on_basic_ack)
                 self._events["basic_nack"].add(self._on_basic_nack)
                 self._events["basic_return"].add(self._on_basic_return)
-            self._seq = 0
         else:
             self._producer = Producer(up.connection.default_channel)
         logger.info("Hand-off connection to the Celery broker %s is up", up.connection.as_uri())
@@ -173,7 +166,7 @@ class Handoff:
                 delay,
             )
             return
-        count = len(self._unconfirmed)
+        count = len(self.confirms)
         self._forget(HandoffFailed(f"Celery broker connection lost: {exc!r}"))
         logger.warning(
             "Hand-off connection to the Celery broker lost (%r); %d unconfirmed task messages: their "
@@ -185,10 +178,8 @@ class Handoff:
 
     def _forget(self, failure: HandoffFailed) -> None:
         """Drop the connection's state; every unconfirmed message is reported as failed."""
-        unconfirmed, self._unconfirmed = self._unconfirmed, OrderedDict()
         self._producer = self._channel = self._events = None
-        for _task_id, _ok, on_failed in unconfirmed.values():
-            on_failed(failure)
+        self.confirms.fail_all(failure)
 
     def stop_reading(self) -> None:
         """Warm shutdown: no more reading on the loop; :meth:`flush` collects the last confirms."""
@@ -199,7 +190,7 @@ class Handoff:
     def flush(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for outstanding confirms (shutdown, no event loop)."""
         deadline = time.monotonic() + timeout
-        while self._unconfirmed and self.link.wire is not None and time.monotonic() < deadline:
+        while self.confirms and self.link.wire is not None and time.monotonic() < deadline:
             self.link.wire.drain(timeout=max(0.05, deadline - time.monotonic()))
 
     def close(self) -> None:
@@ -249,14 +240,12 @@ class Handoff:
 
         # Registered before publishing: the confirm may be read while the publish is written.
         # A connection error inside reports it through the link's loss -> _forget, exactly once.
-        seq = self._seq = self._seq + 1
-        self._unconfirmed[seq] = (message.task_id, on_confirmed, on_failed)
+        seq = self.confirms.expect(message.task_id, on_confirmed, on_failed)
         try:
             wire.guard(send)
         except Exception:
             # Not a connection error: nothing reached the broker, so its count did not move.
-            self._unconfirmed.pop(seq, None)
-            self._seq = seq - 1
+            self.confirms.withdraw(seq)
             raise
 
     def _publish_and_wait(
@@ -306,31 +295,11 @@ class Handoff:
 
     # -- confirms (called while frames are read on the loop) --------------------------
 
-    def _settle(self, delivery_tag: int, multiple: bool, nacked: bool) -> None:
-        unconfirmed = self._unconfirmed
-        if multiple:
-            entries = []
-            while unconfirmed and next(iter(unconfirmed)) <= delivery_tag:
-                entries.append(unconfirmed.popitem(last=False)[1])
-        else:
-            entry = unconfirmed.pop(delivery_tag, None)
-            entries = [entry] if entry is not None else []
-        for task_id, on_confirmed, on_failed in entries:
-            if task_id in self._returned:
-                self._returned.discard(task_id)
-                on_failed(HandoffFailed("the Celery broker could not route the task message (basic.return)"))
-            elif nacked:
-                on_failed(HandoffFailed("the Celery broker refused the task message (basic.nack)"))
-            else:
-                on_confirmed()
-        for after in tuple(self.after_confirms):
-            after()
-
     def _on_basic_ack(self, delivery_tag: int, multiple: bool) -> None:
-        self._settle(delivery_tag, multiple, nacked=False)
+        self.confirms.settle(delivery_tag, multiple, nacked=False)
 
     def _on_basic_nack(self, delivery_tag: int, multiple: bool) -> None:
-        self._settle(delivery_tag, multiple, nacked=True)
+        self.confirms.settle(delivery_tag, multiple, nacked=True)
 
     def _on_basic_return(self, exc: Any, exchange: str, routing_key: str, message: Any) -> None:
         task_id = message.properties.get("correlation_id")
@@ -344,4 +313,4 @@ class Handoff:
         )
         self._declared.clear()  # the queue may have been deleted: declare it before the next publish
         if task_id:
-            self._returned.add(task_id)
+            self.confirms.returned(task_id)
