@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Long soak test of pulse_celery under real faults, kept out of CI.
 
-    python scripts/soak.py --minutes 60 --policy enqueue [--tls] [--own-node PORT]
+    python scripts/soak.py --minutes 60 --policy enqueue [--tls] [--own-node PORT] [--dedupe [REDIS_URL]]
 
 It makes a fresh Pulse-like vhost and user (Guardian's permissions, Taskcluster's
 task-completed exchange) and a fresh Celery vhost on the local RabbitMQ, starts one
@@ -13,7 +13,9 @@ restarts. With ``--tls`` the worker reaches Pulse as production Pulse is reached
 against the test CA. With ``--own-node PORT`` it starts a RabbitMQ node of its own
 (``pulse_celery.testing.RabbitNode``: AMQP on PORT, TLS on PORT+1), runs everything there and
 stops it at the end, so that its faults touch nothing else on this machine; two soaks can then
-run side by side. Every ``--fault-every MIN MAX`` seconds (uniform, seeded) it injects one real fault:
+run side by side. With ``--dedupe`` the binding dedupes (store: the local Redis, or the URL
+given) and 0 duplicates becomes a target. Every ``--fault-every MIN MAX`` seconds (uniform,
+seeded) it injects one real fault:
 
 - ``close_all_connections``: ``rabbitmqctl close_all_connections --global`` (every connection on
   the node, those of other users of this RabbitMQ too);
@@ -358,6 +360,7 @@ class Soak:
                 "ACK_POLICY": self.args.policy,
                 "TASK_SECONDS": "0",
                 "PULSE_HEARTBEAT": "10",
+                **({"DEDUPE": "1", "PULSE_DEDUPE_URL": self.args.dedupe} if self.args.dedupe else {}),
             },
             log_path=self.workdir / "worker.log",
         )
@@ -795,6 +798,8 @@ class Soak:
             ),
             ("every fault injected", not self.fault_failures, f"{len(self.fault_failures)} failed"),
         ]
+        if self.args.dedupe:
+            checks.append(("duplicates == 0 (dedupe on)", duplicates == 0, f"duplicates {duplicates}"))
         print("-" * 78)
         for name, ok, detail in checks:
             print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")
@@ -833,6 +838,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         metavar="PORT",
         help="run on a RabbitMQ node of our own (AMQP on PORT, TLS on PORT+1), stopped at the end",
+    )
+    parser.add_argument(
+        "--dedupe",
+        nargs="?",
+        const="redis://127.0.0.1:6379/5",
+        metavar="REDIS_URL",
+        help="the binding dedupes (store: REDIS_URL; default: the local Redis, db 5); target: 0 duplicates",
     )
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.rate <= 0:

@@ -252,6 +252,8 @@ def test_two_copies_of_a_task_message_taken_at_the_same_moment_run_once(
     for w, worker in enumerate(pool):
         (tmp_path / f"w{w}").mkdir()
         worker.start()
+    for worker in pool:  # each consumes the Celery queue: the broker deals the copies out to both
+        assert worker.wait_for_log(" ready.", timeout=60), worker.log()[-3000:]
     started = time.time()
     try:
         # When each message's task message is on the Celery broker twice, one copy after the other

@@ -140,22 +140,22 @@ def test_a_lease_is_released_and_renewed_only_by_the_run_that_holds_it():
 def test_against_a_real_redis_a_lease_is_renewed_while_its_run_lasts_and_expires_after_it_stops(
     monkeypatch: pytest.MonkeyPatch,
 ):
-    monkeypatch.setattr(Leases, "seconds", 0.6)
-    monkeypatch.setattr(Leases, "renew_every", 0.15)
+    monkeypatch.setattr(Leases, "seconds", 1.0)
+    monkeypatch.setattr(Leases, "renew_every", 0.2)
     store = DedupeStore("redis://127.0.0.1:6379/3", 60.0)
     leases, other = Leases(store), Leases(store)
     key = dedupe_key(QUEUE, str(uuid.uuid4()))
     try:
         token, succeeded = leases.acquire(key, on_wait=lambda: None)
         assert token is not None and not succeeded
-        # While the run lasts (here 1.5 s, over twice the lease), no copy can take the lease
-        deadline = time.monotonic() + 1.5
+        # While the run lasts (here 2.5 s, over twice the lease), no copy can take the lease
+        deadline = time.monotonic() + 2.5
         while time.monotonic() < deadline:
-            assert store.claim(key, "copy", 600) == (False, None)
+            assert store.claim(key, "copy", 1000) == (False, None)
             time.sleep(0.1)
         # A run that stops renewing (its process killed) loses the lease once it expires
         leases._held.clear()
-        time.sleep(0.8)
+        time.sleep(1.3)
         waited: list[bool] = []
         copy_token, _ = other.acquire(key, on_wait=lambda: waited.append(True))
         assert copy_token is not None and not waited
