@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from ..errors import BadMessage
+from .identity import message_id
 from .lane import Lane
 from .message import PulseMessage, RawDelivery, cc_routes, raw_delivery
 
@@ -88,6 +89,16 @@ class Delivery:
     def properties(self) -> dict[str, Any]:
         """Every AMQP property of the message (content type, headers, ...)."""
         return self.raw.properties
+
+    @property
+    def message_id(self) -> str:
+        """The message's stable id: the same on every redelivery and in every process.
+
+        :func:`~pulse_celery.pulse.identity.message_id` of the exchange, routing key and body,
+        with no handler name: the key to record what a callback has done, in a store of your
+        own, so that a redelivery after a fault is recognised. Computed on each read.
+        """
+        return message_id(self.meta.exchange, self.meta.routing_key, self.raw.body)
 
     @property
     def delivery_tag(self) -> int:

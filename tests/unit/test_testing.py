@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from pulse_celery import Delivery, NoMatchingBinding, PayloadMismatch, pulse_binding, pulse_message
+from pulse_celery.pulse.identity import message_id
 from pulse_celery.testing import FakePulseConnection, apply_task, deliver, taskcluster_message
 
 COMPLETED = "exchange/taskcluster-queue/v1/task-completed"
@@ -130,6 +132,24 @@ def test_typed_payloads_and_go_style_bindings_work_with_the_fake():
     conn.publish(COMPLETED, "primary.a.0", {"n": "one"})
     assert seen == [Event(1)]
     assert refused == ["PayloadMismatch"]
+
+
+def test_a_delivery_has_the_same_message_id_on_every_redelivery_and_another_for_another_body():
+    conn = FakePulseConnection(user="alice", max_deliveries=3)
+    ids: list[tuple[str, bytes]] = []
+
+    def on_message(payload: Any, delivery: Delivery) -> None:
+        ids.append((delivery.message_id, delivery.body))
+        if not delivery.redelivered:
+            raise RuntimeError("once")
+
+    conn.consume("q", on_message, bindings=[(COMPLETED, "primary.#")])
+    conn.publish(COMPLETED, "primary.a.0", {"n": 1})
+    conn.publish(COMPLETED, "primary.a.0", {"n": 2})
+    (first, body), (again, _), (other, _), (other_again, _) = ids
+    assert first == again != other == other_again
+    assert first == message_id(COMPLETED, "primary.a.0", body)
+    assert str(uuid.UUID(first)) == first and uuid.UUID(first).version == 8
 
 
 # -- a bound Celery task run here with its Pulse metadata ---------------------------------------
