@@ -29,7 +29,7 @@ from typing import Any
 from ..errors import BadMessage
 from .config import PulseConfig
 from .delivery import Delivery
-from .message import check_content, decode_body, delivery_count, message_digest
+from .message import check_content, decode_body, delivery_count
 from .payloads import converter
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class CallbackRunner:
         self.max_body_size = max_body_size
         self.on_failure = on_failure
         self.convert = converter(payload) if payload is not None else None
-        #: failures seen here per message identity, oldest first
+        #: failures seen here per message (its stable id, Delivery.message_id), oldest first
         self._failures: OrderedDict[str, int] = OrderedDict()
 
     def __call__(self, delivery: Delivery) -> None:
@@ -108,10 +108,7 @@ class CallbackRunner:
         if not delivery.settled:
             delivery.ack()
         if self._failures:
-            self._failures.pop(self._identity(delivery), None)
-
-    def _identity(self, delivery: Delivery) -> str:
-        return message_digest(delivery.exchange, delivery.routing_key, delivery.body)
+            self._failures.pop(delivery.message_id, None)
 
     def _failed(self, delivery: Delivery, exc: Exception) -> None:
         if self.auto_ack or delivery.settled:
@@ -148,7 +145,7 @@ class CallbackRunner:
 
     def _count(self, delivery: Delivery) -> int:
         """Deliveries so far, this one included: the broker's count or this process's, the larger."""
-        key = self._identity(delivery)
+        key = delivery.message_id
         seen = self._failures.pop(key, 0) + 1
         self._failures[key] = seen
         while len(self._failures) > REMEMBERED_FAILURES:
@@ -156,7 +153,7 @@ class CallbackRunner:
         return max(seen, delivery_count(delivery.headers) + 1)
 
     def _give_up(self, delivery: Delivery, exc: BaseException, why: str) -> None:
-        self._failures.pop(self._identity(delivery), None)
+        self._failures.pop(delivery.message_id, None)
         kept = False
         if self.on_failure is not None:
             try:

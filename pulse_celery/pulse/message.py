@@ -8,7 +8,6 @@ large are refused before a byte of them is decoded (:func:`check_content`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -171,10 +170,3 @@ def delivery_count(headers: dict[str, Any]) -> int:
         return int(headers.get("x-delivery-count") or 0)
     except (TypeError, ValueError):
         return 0
-
-
-def message_digest(exchange: str, routing_key: str, body: bytes) -> str:
-    """A stable identity of a message: the same on every redelivery and in every process."""
-    digest = hashlib.sha256(body)
-    digest.update(b"\0" + exchange.encode() + b"\0" + routing_key.encode())
-    return digest.hexdigest()
