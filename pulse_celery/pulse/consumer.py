@@ -12,7 +12,6 @@ either lets it retry alone with its own backoff or treats the connection as lost
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import replace
@@ -30,8 +29,6 @@ logger = logging.getLogger(__name__)
 
 #: What a consumer's owner asked for.
 WANTS = ("consuming", "paused", "closed", "deleted")
-
-_consumer_tags = itertools.count(1)
 
 
 class QueueConsumer:
@@ -172,19 +169,11 @@ class QueueConsumer:
                 return  # refused: recovery has taken over
             lane.declared = True
             self.recovery.declared()
-        if not self.auto_ack:
-            # With global=False the limit applies to each consumer started after it.
-            lane.guard(lane.channel.basic_qos, 0, self.prefetch, False)
-        tag = f"pulse-celery.{next(_consumer_tags)}.{self.name}"
-        lane.guard(
-            partial(
-                lane.channel.basic_consume,
-                queue=self.name,
-                no_ack=self.auto_ack,
-                callback=partial(self._on_delivery, lane),
-                consumer_tag=tag,
-                on_cancel=partial(self.recovery.queue_deleted, lane),
-            )
+        tag = lane.consume(
+            self.name,
+            None if self.auto_ack else self.prefetch,
+            partial(self._on_delivery, lane),
+            partial(self.recovery.queue_deleted, lane),
         )
         if self.lane is lane and lane.alive:
             lane.consumer_tag = tag
@@ -204,11 +193,7 @@ class QueueConsumer:
     def deactivate(self) -> None:
         """Stop new deliveries; those in flight are still acked or rejected on the same channel."""
         lane = self.lane
-        if lane is None or lane.consumer_tag is None:
-            return
-        tag, lane.consumer_tag = lane.consumer_tag, None
-        lane.guard(lane.channel.basic_cancel, tag)
-        if self.spec.anonymous:
+        if lane is not None and lane.cancel() and self.spec.anonymous:
             lane.declared = False  # auto-delete: the broker deleted it with its last consumer
 
     def _on_delivery(self, lane: Lane, message: Any) -> None:

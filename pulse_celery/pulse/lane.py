@@ -9,12 +9,16 @@ lane is dead, settling a delivery of it is a no-op, and the broker redelivers th
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from .acks import Acker
 from .stats import QueueStats
 from .wire import LoopConnection
+
+_consumer_tags = itertools.count(1)
 
 
 class Lane:
@@ -63,6 +67,41 @@ class Lane:
         if self.wire is not None:
             return self.wire.guard(fun, *args)
         return fun(*args)
+
+    def consume(
+        self,
+        queue: str,
+        prefetch: int | None,
+        callback: Callable[[Any], None],
+        on_cancel: Callable[[str], None],
+    ) -> str:
+        """Start a consumer of ``queue`` on this channel; return its tag (the caller keeps it).
+
+        ``prefetch`` None: no acks (auto_ack), so no limit is set.
+        """
+        if prefetch is not None:
+            # With global=False the limit applies to each consumer started after it.
+            self.guard(self.channel.basic_qos, 0, prefetch, False)
+        tag = f"pulse-celery.{next(_consumer_tags)}.{queue}"
+        self.guard(
+            partial(
+                self.channel.basic_consume,
+                queue=queue,
+                no_ack=prefetch is None,
+                callback=callback,
+                consumer_tag=tag,
+                on_cancel=on_cancel,
+            )
+        )
+        return tag
+
+    def cancel(self) -> bool:
+        """Cancel the consumer on this channel, if any (deliveries in flight still settle here)."""
+        tag, self.consumer_tag = self.consumer_tag, None
+        if tag is None:
+            return False
+        self.guard(self.channel.basic_cancel, tag)
+        return True
 
     def delivered(self, delivery_tag: int, redelivered: bool) -> None:
         """Count one delivery on this channel."""

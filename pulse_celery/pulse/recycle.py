@@ -279,7 +279,5 @@ def hand_over(consumer: QueueConsumer, spec: QueueSpec | None, channel: Any) -> 
     consumer.connected(channel)
     if old is None or not old.alive:
         return None
-    if old.consumer_tag is not None:
-        tag, old.consumer_tag = old.consumer_tag, None
-        old.guard(old.channel.basic_cancel, tag)
+    old.cancel()
     return old
