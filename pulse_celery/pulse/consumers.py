@@ -7,6 +7,8 @@ from typing import Any
 from .consumer import QueueConsumer
 from .events import ConnectedQueue
 from .loop import guarded
+from .session import Session
+from .topology import QueueSpec
 
 
 class Consumers(dict[str, QueueConsumer]):
@@ -60,6 +62,15 @@ class Consumers(dict[str, QueueConsumer]):
         for consumer in self.values():
             if consumer.lane is not None:
                 consumer.lane.acker.flush()
+
+    def connected(self, session: Session, declared: dict[str, tuple[QueueSpec, Any]]) -> None:
+        """A connection is up: each queue starts on the channel its queue was declared on, if any."""
+        for key, consumer in list(self.items()):
+            spec, channel = declared.get(key, (None, None))
+            if spec is not consumer.spec:  # replaced while connecting: it declares its own
+                session.close_channel(channel)  # (a no-op for an error or None)
+                channel = None
+            guarded(consumer.connected, f"starting Pulse queue {consumer.name}")(channel)
 
     def disconnected(self) -> None:
         for consumer in self.values():

@@ -179,24 +179,22 @@ class Engine:
         return opener(self.connect_once, self.config, wanted, self.isolate, self._shared)
 
     def _on_up(self, up: Up) -> None:
-        self.session = Session(up, self.ticks)
+        session = self.open_session(up)
         self.stats.connects += 1
-        if up.wire is not None and self.isolate:
-            up.wire.route_channel_errors(self.on_channel_error)
         again = "" if up.down_for is None else f" again, {up.down_for:.1f} s after it was lost"
-        declared: dict[str, tuple[QueueSpec, Any]] = up.extra
-        for key, consumer in list(self.consumers.items()):
-            spec, channel = declared.get(key, (None, None))
-            if spec is not consumer.spec:  # replaced while connecting: it declares its own
-                if channel is not None and not isinstance(channel, BaseException):
-                    self.session.close_channel(channel)
-                channel = None
-            guarded(consumer.connected, f"starting Pulse queue {consumer.name}")(channel)
+        self.consumers.connected(session, up.extra)
         url, queues = self.config.safe_url(self.host), self.consumers.describe()
         logger.info("Connected to Pulse at %s%s; queues: %s", url, again, queues)
         self.depth.start()
         self.recycler.schedule()
         self.connected(up)
+
+    def open_session(self, up: Up) -> Session:
+        """Make ``up`` the live connection; with ``isolate`` a channel it closes fails only its queue."""
+        self.session = Session(up, self.ticks)
+        if up.wire is not None and self.isolate:
+            up.wire.route_channel_errors(self.on_channel_error)
+        return self.session
 
     def connected(self, up: Up, recycled: bool = False) -> None:
         """Tell the host a connection is up: the first, a reconnect, or (``recycled``) a replacement."""

@@ -139,11 +139,10 @@ class Engine(Protocol):
     consumers: Consumers
     stats: ConnectionStats
     session: Session | None
-    ticks: set[Callable[[], Any]] | None
     timers: Timers
     connect_once: Callable[[], Connection]
 
-    def on_channel_error(self, channel_id: int, exc: BaseException) -> None: ...
+    def open_session(self, up: Up) -> Session: ...
 
     def connected(self, up: Up, recycled: bool = False) -> None: ...
 
@@ -216,17 +215,15 @@ class Recycler:
     def _swap(self, old: Up, new: Up) -> None:
         """On the loop: consume on ``new``, cancel ``old``'s consumers, retire ``old``."""
         engine = self.engine
-        engine.session, old_session = Session(new, engine.ticks), engine.session
-        if new.wire is not None and engine.isolate:
-            new.wire.route_channel_errors(engine.on_channel_error)
+        old_session = engine.session
+        session = engine.open_session(new)
         declared: dict[str, tuple[QueueSpec, Any]] = new.extra
         planned, self._planned = self._planned, {}
         lanes = []
         for key, consumer in list(engine.consumers.items()):
             spec, channel = declared.get(key, (None, None))
             if key in planned and planned[key][0] is not consumer:  # replaced meanwhile
-                if channel is not None and not isinstance(channel, BaseException):
-                    engine.session.close_channel(channel)
+                session.close_channel(channel)  # (a no-op for an error or None)
                 spec, channel = None, None
             previous = consumer.lane
             try:
